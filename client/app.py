@@ -1,0 +1,61 @@
+"""The partner's Flower ``ClientApp``: thin wiring; the work lives in client/store.py and the trainers.
+
+In simulation a node knows its store by ``partition-id`` (users are assigned by shared/partition.py); in a
+deployment a partner's SuperNode points ``data-dir`` at its own CSV files and ``state-dir`` at its volume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.client import Client, ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+
+from client.store import StoreClient, StoreData, store_data
+from shared.config import RunConfig, from_mapping
+from shared.data import load_dataset
+from shared.split import leave_one_out, sampled_negatives
+from shared.workload import NUM_EVAL_NEGATIVES
+
+SECAGG_RECORD = "secaggplus_configs"
+
+
+def client_fn(context: Context, config: RunConfig | None = None) -> Client:
+    config = config or from_mapping(dict(context.run_config))
+    node = context.node_config
+    if "data-dir" in node:  # a partner site: its own data, all of it
+        split = leave_one_out(load_dataset(str(node["data-dir"])))
+        data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES))
+        store = int(node.get("store", 0))
+    else:
+        store = int(node["partition-id"])
+        data = store_data(config, store)
+    state_root = str(node.get("state-dir", "") or config.state_dir)
+    state_dir = None
+    if state_root:
+        state_dir = Path(state_root) if "data-dir" in node else Path(state_root) / f"store-{store}"
+    return StoreClient(config, store, data, state_dir).to_client()
+
+
+def secagg_when_requested(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run Flower's ``secaggplus_mod`` on messages of the SecAgg+ protocol, pass the rest through.
+
+    With ``secagg = false`` the server sends plain fit messages, which ``secaggplus_mod`` would reject.
+    """
+    if msg.has_content() and SECAGG_RECORD in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def build_client_app(config: RunConfig | None = None) -> ClientApp:
+    """The ClientApp; ``config`` overrides ``context.run_config`` (the Python simulation API carries none)."""
+
+    def configured_client_fn(context: Context) -> Client:
+        return client_fn(context, config)
+
+    return ClientApp(client_fn=configured_client_fn, mods=[secagg_when_requested])
+
+
+app = build_client_app()

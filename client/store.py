@@ -1,0 +1,127 @@
+"""A partner store as a Flower ``NumPyClient``: local data, private user embeddings, local training.
+
+Only the shared parameters' update leaves the store (``fit`` returns a delta, or in user-level DP mode the
+clipped, noised sum of its users' deltas). User embeddings stay in the store's state directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+
+from client.state import StoreState
+from client.trainers import LocalUpdate, train_store
+from shared.config import RunConfig
+from shared.device import pick_device
+from shared.evaluation import evaluate
+from shared.model import PRIVATE_PARAMETERS, ModelShape, NeuMF, set_shared
+from shared.split import Split
+from shared.workload import load_workload, users_of_store
+
+ROUND_KEY = "round"
+RUN_DIR_KEY = "run-dir"
+EVAL_PREFIXES = ("valid/", "test/")
+
+
+@dataclass(frozen=True)
+class StoreData:
+    """The store's own users: their train interactions, held-out items and evaluation candidates."""
+
+    split: Split
+    negatives: np.ndarray
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        return np.asarray(self.split.user_ids)
+
+
+def store_data(config: RunConfig, store: int) -> StoreData:
+    workload = load_workload(config)
+    users = users_of_store(config, store)
+    return StoreData(workload.split.subset(users), workload.negatives[users])
+
+
+class PrivateTensorLeak(RuntimeError):
+    """An outgoing message would carry a private tensor; the store refuses to send it."""
+
+
+class StoreClient(NumPyClient):
+    def __init__(self, config: RunConfig, store: int, data: StoreData, state_dir: Path | None) -> None:
+        self.config = config
+        self.store = store
+        self.data = data
+        self.state_dir = state_dir
+        self.device = pick_device(config)
+        self.shape = ModelShape.from_config(config, data.split.n_items)
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def _directory(self, config: dict[str, Any]) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        run_dir = config.get(RUN_DIR_KEY)
+        if not run_dir:
+            raise ValueError("no state directory: set state-dir (node config or run config) or run-dir")
+        return Path(str(run_dir)) / "stores" / f"store-{self.store}"
+
+    def _model(self, parameters: list[np.ndarray], state: StoreState) -> NeuMF:
+        torch.manual_seed(self.config.seed * 1_000_003 + self.store)
+        model = NeuMF(self.data.split.n_users, self.shape)
+        set_shared(model, parameters)
+        if state.embeddings is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name in PRIVATE_PARAMETERS:
+                    params[name].copy_(torch.as_tensor(state.embeddings[_file_key(name)]))
+        return model.to(self.device)
+
+    # -- Flower --------------------------------------------------------------------------------------------
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        raise RuntimeError("the server owns the initial shared parameters; stores never send theirs whole")
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        started = time.perf_counter()
+        round_ = int(config[ROUND_KEY])
+        state = StoreState.load(self._directory(config), self.data.user_ids, self.config.delta)
+        model = self._model(parameters, state)
+        rng = np.random.default_rng([self.config.seed, round_, self.store])
+        update: LocalUpdate = train_store(model, self.data.split, self.config, state.ledger, round_, rng,
+                                          self.device)
+        state.embeddings = {_file_key(n): p.detach().cpu().numpy() for n, p in model.named_parameters()
+                            if n in PRIVATE_PARAMETERS}
+        self._refuse_private(update.arrays, state.embeddings)
+        state.save()  # ledger (and embeddings) on disk before anything leaves the store
+        metrics: dict[str, Any] = {"store": self.store, "loss": update.loss, "epsilon": state.ledger.epsilon(),
+                                   "seconds": time.perf_counter() - started}
+        if state.ledger.entries and state.ledger.entries[-1].round == round_:
+            last = state.ledger.entries[-1]
+            metrics.update(noise_multiplier=last.noise_multiplier, sample_rate=last.sample_rate, steps=last.steps)
+        return update.arrays, update.weight, metrics
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
+        state = StoreState.load(self._directory(config), self.data.user_ids, self.config.delta)
+        model = self._model(parameters, state)
+        model.eval()
+        metrics: dict[str, float] = {}
+        for which, prefix in zip(("valid", "test"), EVAL_PREFIXES, strict=True):
+            sums, _ = evaluate(model.score_all_items, self.data.split, self.data.negatives, which,
+                               self.config.top_k, self.device)
+            metrics.update({prefix + k: v for k, v in sums.items()})
+        users = int(metrics["test/users"])
+        return 0.0, users, metrics
+
+    @staticmethod
+    def _refuse_private(arrays: list[np.ndarray], private: dict[str, np.ndarray]) -> None:
+        for array in arrays:
+            for name, tensor in private.items():
+                if array.shape == tensor.shape and np.allclose(array, tensor):
+                    raise PrivateTensorLeak(f"outgoing array equals private {name} {tensor.shape}")
+
+
+def _file_key(parameter_name: str) -> str:
+    return parameter_name.split(".")[0]

@@ -1,0 +1,172 @@
+"""User-level DP-FedAvg inside a store (McMahan et al., "Learning Differentially Private Recurrent Language
+Models", ICLR 2018), with the store's users as the virtual clients.
+
+Each round the store Poisson-samples its users at rate q. Every sampled user starts from the global shared
+parameters, trains a few local SGD steps on their own interactions (their private embedding trains too), and
+their shared-parameter delta is clipped to L2 norm C. The store sends Σ clipped deltas plus Gaussian noise of
+variance σ²C²/K per coordinate: under SecAgg+ the server only sees the sum over ≥ K stores, which then carries
+noise σ²C² — the central-DP mechanism, without trusting the server with a clean sum. Without SecAgg+ (K = 1)
+each store adds the full σ²C².
+
+Why user embeddings may train without noise: a user's embedding depends only on that user's data and on
+released (DP) parameters, and never leaves the store (joint DP, the "billboard" model); the user's whole data is
+the DP unit anyway. The per-user local runs are vectorised with ``torch.func.vmap`` (no Python loop over users).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from client.trainers import BudgetExhausted, LocalUpdate
+from shared.config import RunConfig
+from shared.ledger import PrivacyLedger
+from shared.model import PRIVATE_PARAMETERS, NeuMF, shared_names
+from shared.privacy import federation_noise_multiplier, noise_shares
+from shared.split import Split
+from shared.training import TrainPairs, TrainSettings, train_pointwise
+
+EMBEDDING_SUFFIX = "_item.weight"
+
+
+def user_level_round(model: NeuMF, split: Split, config: RunConfig, ledger: PrivacyLedger, round_: int,
+                     rng: np.random.Generator, device: torch.device,
+                     noise_generator: torch.Generator | None = None) -> LocalUpdate:
+    """One store round of user-level DP-FedAvg; records the round in ``ledger`` (budget checked first)."""
+    sigma = federation_noise_multiplier(config)
+    q = config.user_sample_rate
+    projected = ledger.projected_epsilon(sigma, q, 1)
+    if projected > config.target_epsilon:
+        raise BudgetExhausted(f"round {round_} would reach ε={projected:.3f} > target-epsilon "
+                              f"{config.target_epsilon} at δ={config.delta}; this store stops contributing")
+    pairs = TrainPairs(split)
+    sampled = np.flatnonzero(rng.random(split.n_users) < q)
+    names = shared_names(model)
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in names}
+    losses: list[float] = []
+    for start in range(0, len(sampled), config.user_chunk_size):
+        chunk = sampled[start:start + config.user_chunk_size]
+        deltas, user_rows, loss = local_user_runs(model, split, pairs, chunk, config, rng, device)
+        clipped_sum = clip_and_sum(deltas, config.clipping_norm)
+        for n in names:
+            total[n] += clipped_sum[n]
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n in PRIVATE_PARAMETERS:
+                params[n][torch.as_tensor(chunk, device=device)] = user_rows[n]
+        losses.append(loss)
+    add_noise_share(total, sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
+                    noise_generator or _noise_generator(config, round_, rng))
+    if config.user_refresh_epochs:
+        refresh_private_embeddings(model, pairs, config, rng, device)
+    ledger.record(round_, sigma, q, 1)
+    loss_value = float(np.mean(losses)) if losses else float("nan")
+    return LocalUpdate([total[n].cpu().numpy() for n in names], weight=1, loss=loss_value)
+
+
+def local_user_runs(model: NeuMF, split: Split, pairs: TrainPairs, users: np.ndarray, config: RunConfig,
+                    rng: np.random.Generator, device: torch.device
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+    """Train each user in ``users`` from the current shared parameters, all at once.
+
+    Returns per-user shared deltas ({name: [U, ...]}), the users' new private rows ({name: [U, dim]}) and the
+    mean local loss. Each local step uses ``user-batch-size`` of the user's train items (with replacement) and
+    ``num-negatives`` negatives each.
+    """
+    n_users, steps = len(users), config.user_local_steps
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    names = shared_names(model)
+    local = {n: params[n].unsqueeze(0).repeat(n_users, *([1] * params[n].dim())) for n in names}
+    for n in PRIVATE_PARAMETERS:
+        local[n] = params[n][torch.as_tensor(users, device=device)].unsqueeze(1).clone()  # [U, 1, dim]
+    items, labels = _local_batches(split, pairs, users, steps, config, rng)
+    items_t = torch.as_tensor(items, device=device)
+    labels_t = torch.as_tensor(labels, device=device)
+    zero_user = torch.zeros(items.shape[-1], dtype=torch.long, device=device)
+    bce = nn.BCEWithLogitsLoss()
+
+    def loss_of(p: dict[str, torch.Tensor], batch_items: torch.Tensor) -> torch.Tensor:
+        return bce(functional_call(model, p, (zero_user, batch_items)), labels_t)
+
+    step = vmap(grad_and_value(loss_of))
+    lr = {n: (config.user_learning_rate if (n in PRIVATE_PARAMETERS or n.endswith(EMBEDDING_SUFFIX))
+              else config.user_dense_learning_rate) for n in local}
+    loss_total = 0.0
+    for s in range(steps):
+        grads, loss = step(local, items_t[:, s])
+        loss_total += float(loss.mean())
+        for n in local:
+            local[n] = local[n] - lr[n] * grads[n]
+    deltas = {n: local[n] - params[n].unsqueeze(0) for n in names}
+    user_rows = {n: local[n].squeeze(1) for n in PRIVATE_PARAMETERS}
+    return deltas, user_rows, loss_total / steps
+
+
+def _local_batches(split: Split, pairs: TrainPairs, users: np.ndarray, steps: int, config: RunConfig,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Items [U, steps, P·(1+neg)] (P positives then their negatives) and the matching 0/1 labels."""
+    positives_per_step, negs = config.user_batch_size, config.num_negatives
+    starts = split.train_indptr[users]
+    lengths = split.train_indptr[users + 1] - starts
+    picks = (rng.random((len(users), steps, positives_per_step)) * lengths[:, None, None]).astype(np.int64)
+    positives = split.train_items[starts[:, None, None] + picks]
+    owners = np.repeat(users, steps * positives_per_step * negs)
+    negatives = pairs.negatives_for(owners, rng).reshape(len(users), steps, positives_per_step * negs)
+    items = np.concatenate([positives, negatives], axis=2)
+    labels = np.concatenate([np.ones(positives_per_step, np.float32),
+                             np.zeros(positives_per_step * negs, np.float32)])
+    return items, labels
+
+
+def clip_and_sum(deltas: dict[str, torch.Tensor], clipping_norm: float) -> dict[str, torch.Tensor]:
+    """Σ_u Δ_u · min(1, C/‖Δ_u‖) with the norm over all shared parameters jointly; a non-finite Δ_u counts 0.
+
+    Each user then moves the sum by at most C — the sensitivity the noise is calibrated to.
+    """
+    flat_sq = sum(d.flatten(1).pow(2).sum(1) for d in deltas.values())
+    norms = torch.sqrt(flat_sq)
+    factor = torch.clamp(clipping_norm / (norms + 1e-12), max=1.0)
+    finite = torch.isfinite(norms)
+    factor = torch.where(finite, factor, torch.zeros_like(factor))
+    out = {}
+    for n, d in deltas.items():
+        safe = torch.where(finite.view(-1, *([1] * (d.dim() - 1))), d, torch.zeros_like(d))
+        out[n] = (safe * factor.view(-1, *([1] * (d.dim() - 1)))).sum(0)
+    return out
+
+
+def add_noise_share(total: dict[str, torch.Tensor], std: float, generator: torch.Generator) -> None:
+    """Add N(0, std²) to every coordinate, in place."""
+    for tensor in total.values():
+        noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
+        tensor += noise.to(tensor.device) * std
+
+
+def _noise_generator(config: RunConfig, round_: int, rng: np.random.Generator) -> torch.Generator:
+    """Seeded from the run (reproducible audits) unless ``secure-rng``: then from the OS CSPRNG."""
+    seed = int.from_bytes(os.urandom(8), "little") if config.secure_rng else int(rng.integers(2**62))
+    return torch.Generator().manual_seed(seed)
+
+
+def refresh_private_embeddings(model: NeuMF, pairs: TrainPairs, config: RunConfig, rng: np.random.Generator,
+                               device: torch.device) -> None:
+    """Refit every user's private embedding against the current shared parameters (frozen).
+
+    Free under joint DP: nothing released depends on it except through that user's own (clipped, noised)
+    contribution in later rounds.
+    """
+    shared = [p for n, p in model.named_parameters() if n not in PRIVATE_PARAMETERS]
+    for p in shared:
+        p.requires_grad_(False)
+    try:
+        settings = TrainSettings(config.user_refresh_epochs, config.batch_size, config.learning_rate,
+                                 config.num_negatives)
+        train_pointwise(model, pairs, settings, rng, device)
+    finally:
+        for p in shared:
+            p.requires_grad_(True)

@@ -1,0 +1,104 @@
+"""The central team's Flower ``ServerApp``: thin wiring of strategy, SecAgg+ workflow and run record.
+
+SecAgg+ in flwr 1.41 works only through the legacy API (``LegacyContext`` + ``DefaultWorkflow(fit_workflow=
+SecAggPlusWorkflow(...))`` with a legacy strategy), see ``research/flower_probe.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from server.optimizer import ServerOptimizer
+from server.run_record import RunRecord
+from server.strategy import FedRecStrategy, RoundFailed
+from shared.config import ConfigError, RunConfig, from_mapping
+from shared.model import ModelShape, NeuMF, initial_shared, shared_names
+from shared.workload import load_workload, number_of_stores
+
+log = logging.getLogger("fedrec.server")
+RUNS_ROOT = Path("runs")
+
+
+def new_run_dir(config: RunConfig, run_id: int | str | None = None) -> Path:
+    if config.run_dir:
+        return Path(config.run_dir)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RUNS_ROOT / (f"{stamp}-{run_id}" if run_id is not None else stamp)
+
+
+def check_privacy_config(config: RunConfig, population: int, interactions: int) -> None:
+    """δ must be well below 1/N for the DP unit's N, or the guarantee is vacuous."""
+    units = population if config.privacy == "user" else interactions
+    if config.privacy != "none" and config.delta >= 1.0 / units:
+        raise ConfigError(f"delta: {config.delta} must be < 1/N = {1.0 / units:.3g} "
+                          f"(N = {units} {'users' if config.privacy == 'user' else 'interactions'})")
+
+
+def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
+    """Run (or resume) the federation to ``num-rounds``; returns the summary (also in run_dir/summary.json)."""
+    workload = load_workload(config)
+    population = config.population or workload.split.n_users
+    check_privacy_config(config, population, len(workload.split.train_users))
+    num_stores = number_of_stores(config)
+    shape = ModelShape.from_config(config, workload.split.n_items)
+    run_dir = new_run_dir(config, context.run_id)
+    record = RunRecord.open(run_dir, config, shared_names(NeuMF(1, shape)))
+    if record.resumed_from is not None:
+        shared = record.resumed_from.shared
+        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate, config.server_momentum,
+                                    record.resumed_from.optimizer,
+                                    int(record.resumed_from.meta.get("optimizer_steps", 0)))
+        print(f"resuming {run_dir} after round {record.completed_round}", flush=True)
+    else:
+        shared = initial_shared(shape, config.seed)
+        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate, config.server_momentum)
+    strategy = FedRecStrategy(config, record, shared, optimizer, num_stores, population)
+    if record.planned_rounds == 0:
+        return record.finish(strategy.shared, "completed", "nothing to do: the run already reached num-rounds")
+    fit_workflow = None
+    if config.secagg:
+        fit_workflow = SecAggPlusWorkflow(
+            num_shares=config.secagg_num_shares, reconstruction_threshold=config.secagg_reconstruction_threshold,
+            clipping_range=config.secagg_clipping_range, quantization_range=config.secagg_quantization_range,
+            max_weight=_max_weight(config, workload.split))
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=record.planned_rounds),
+                           strategy=strategy)
+    try:
+        DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+        if not strategy.budget_stop and len(strategy.aggregated) < record.planned_rounds:
+            raise RoundFailed("the last round produced no aggregate (secure aggregation halted?)")
+    except Exception as exc:
+        record.finish(strategy.shared, "failed", f"{type(exc).__name__}: {exc}")
+        log.error("run failed: %s", exc)
+        raise
+    status = "stopped-by-budget" if strategy.budget_stop else "completed"
+    return record.finish(strategy.shared, status, strategy.budget_stop or "")
+
+
+def _max_weight(config: RunConfig, split) -> float:  # type: ignore[no-untyped-def]
+    """SecAgg+ quantizes ``num_examples / max_weight``; user/record DP stores report weight 1."""
+    return 1.0 if config.privacy != "none" else float(len(split.train_users))
+
+
+def build_server_app(config: RunConfig | None = None, print_summary: bool = True) -> ServerApp:
+    """The ServerApp; ``config`` overrides ``context.run_config`` (the Python simulation API carries none)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or from_mapping(dict(context.run_config))
+        summary = run_server(grid, context, run_config)
+        if print_summary:
+            print(json.dumps(summary), flush=True)
+
+    return app
+
+
+app = build_server_app()

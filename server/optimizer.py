@@ -1,0 +1,41 @@
+"""Server-side optimizers over the aggregated update (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
+
+The aggregate Δ (mean store delta, or the DP-FedAvg estimate) is treated as a pseudo-gradient step:
+``sgd`` applies θ + η·Δ (η = 1 is FedAvg), ``momentum`` is FedAvgM, ``adam`` is FedAdam. Noisy DP aggregates
+often want momentum or Adam with a tuned η.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ADAM_BETAS = (0.9, 0.99)
+ADAM_TAU = 1e-3  # FedAdam's adaptivity floor (Reddi et al. use 1e-3)
+
+
+class ServerOptimizer:
+    def __init__(self, kind: str, learning_rate: float, momentum: float,
+                 state: dict[str, list[np.ndarray]] | None = None, steps: int = 0) -> None:
+        self.kind = kind
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.state = state or {}
+        self.steps = steps
+
+    def step(self, params: list[np.ndarray], update: list[np.ndarray]) -> list[np.ndarray]:
+        self.steps += 1
+        if self.kind == "sgd":
+            return [p + self.learning_rate * u for p, u in zip(params, update, strict=True)]
+        if self.kind == "momentum":
+            velocity = self.state.get("velocity") or [np.zeros_like(p) for p in params]
+            velocity = [self.momentum * v + u for v, u in zip(velocity, update, strict=True)]
+            self.state["velocity"] = velocity
+            return [p + self.learning_rate * v for p, v in zip(params, velocity, strict=True)]
+        beta1, beta2 = ADAM_BETAS
+        first = self.state.get("m") or [np.zeros_like(p) for p in params]
+        second = self.state.get("v") or [np.zeros_like(p) for p in params]
+        first = [beta1 * m + (1 - beta1) * u for m, u in zip(first, update, strict=True)]
+        second = [beta2 * v + (1 - beta2) * u * u for v, u in zip(second, update, strict=True)]
+        self.state.update(m=first, v=second)
+        return [p + self.learning_rate * m / (np.sqrt(v) + ADAM_TAU)
+                for p, m, v in zip(params, first, second, strict=True)]

@@ -1,0 +1,179 @@
+"""The aggregation strategy: FedAvg on the shared parameters' updates, a server optimizer, loud failures.
+
+Flower's legacy ``FedAvg`` (which SecAgg+'s workflow drives in flwr 1.41) averages what stores send; fedrec's
+stores send *updates*, so this strategy keeps the global shared parameters itself and applies the aggregate
+through ``ServerOptimizer``. It also refuses the silent outcomes Flower allows: a round with failed stores (unless
+``accept-failures``), a user-level DP round with fewer than K stores (the sum would carry less noise than
+promised), and a round whose aggregation never ran (SecAgg+ "halted" still lets the workflow "finish").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+from server.optimizer import ServerOptimizer
+from server.run_record import RunRecord
+from shared.config import RunConfig
+from shared.metrics import mean_metrics
+from shared.privacy import federation_noise_multiplier, noise_shares
+
+log = logging.getLogger("fedrec.server")
+
+ROUND_KEY = "round"
+RUN_DIR_KEY = "run-dir"
+
+
+class RoundFailed(RuntimeError):
+    """A round that did not produce a valid aggregate; the run stops instead of carrying an unchanged model."""
+
+
+class FedRecStrategy(FedAvg):
+    def __init__(self, config: RunConfig, record: RunRecord, shared: list[np.ndarray], optimizer: ServerOptimizer,
+                 num_stores: int, population: int) -> None:
+        super().__init__(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=num_stores,
+                         min_evaluate_clients=num_stores, min_available_clients=num_stores,
+                         initial_parameters=ndarrays_to_parameters(shared), accept_failures=True)
+        self.config = config
+        self.record = record
+        self.shared = shared
+        self.optimizer = optimizer
+        self.population = population
+        self.start_round = record.completed_round
+        self.aggregated: set[int] = set()
+        self.budget_stop: str | None = None
+        self._round_started = time.perf_counter()
+        self._fit_loss = float("nan")
+
+    def global_round(self, workflow_round: int) -> int:
+        return self.start_round + workflow_round
+
+    # -- fit --------------------------------------------------------------------------------------------
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager
+                      ) -> list[tuple[ClientProxy, FitIns]]:
+        self._round_started = time.perf_counter()
+        round_ = self.global_round(server_round)
+        if self.config.privacy == "user":
+            sigma = federation_noise_multiplier(self.config)
+            projected = self.record.federation_ledger.projected_epsilon(sigma, self.config.user_sample_rate, 1)
+            if projected > self.config.target_epsilon:
+                self.budget_stop = (f"round {round_} would reach ε={projected:.3f} > target-epsilon "
+                                    f"{self.config.target_epsilon}; the run stops here")
+                log.warning(self.budget_stop)
+                return []
+        instructions = super().configure_fit(server_round, parameters, client_manager)
+        extra = {ROUND_KEY: round_, RUN_DIR_KEY: str(self.record.run_dir)}
+        return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
+                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        round_ = self.global_round(server_round)
+        if failures:
+            reasons = "; ".join(_failure_reason(f) for f in failures[:5])
+            message = f"round {round_}: {len(failures)} store(s) failed ({reasons})"
+            self.record.note_failures(round_, len(failures), reasons)
+            if not self.config.accept_failures or not results:
+                raise RoundFailed(message + "; the global model was NOT updated")
+            log.error("%s; aggregating the %d that succeeded", message, len(results))
+        if not results:
+            raise RoundFailed(f"round {round_}: no store returned an update")
+        if self.config.privacy == "user" and len(results) < noise_shares(self.config):
+            raise RoundFailed(f"round {round_}: only {len(results)} stores contributed, fewer than "
+                              f"noise-share-stores={noise_shares(self.config)}; the sum would be under-noised")
+        mean_params, _ = super().aggregate_fit(server_round, results, [])
+        if mean_params is None:
+            raise RoundFailed(f"round {round_}: aggregation produced no parameters")
+        mean = parameters_to_ndarrays(mean_params)
+        update = self._update_from_mean(mean, len(results))
+        self.shared = self.optimizer.step(self.shared, update)
+        metrics = [res.metrics for _, res in results]
+        self._fit_loss = float(np.nanmean([float(m.get("loss", np.nan)) for m in metrics]))
+        self.record.note_fit(round_, metrics, len(results))
+        self.aggregated.add(server_round)
+        return ndarrays_to_parameters(self.shared), {"loss": self._fit_loss}
+
+    def _update_from_mean(self, mean: list[np.ndarray], n_results: int) -> list[np.ndarray]:
+        """The step direction. User-level DP: stores sent noised sums (weight 1 each), so the DP-FedAvg estimate
+        is Σ/(q·N) with the fixed denominator its sensitivity analysis assumes."""
+        if self.config.privacy != "user":
+            return mean
+        denominator = self.config.user_sample_rate * self.population
+        return [m * n_results / denominator for m in mean]
+
+    # -- after fit: the round's checkpoint --------------------------------------------------------------
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        if server_round == 0:
+            return None
+        round_ = self.global_round(server_round)
+        if server_round not in self.aggregated:
+            if self.budget_stop:
+                return None
+            raise RoundFailed(f"round {round_}: no aggregate was produced (secure aggregation halted or every "
+                              "store failed); the global model was NOT updated")
+        self.record.checkpoint(round_, self.shared, self.optimizer)
+        return None
+
+    # -- federated evaluation ---------------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager
+                           ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        if server_round not in self.aggregated:
+            return []
+        instructions = super().configure_evaluate(server_round, parameters, client_manager)
+        extra = {ROUND_KEY: self.global_round(server_round), RUN_DIR_KEY: str(self.record.run_dir)}
+        return [(proxy, EvaluateIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
+
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException]
+                           ) -> tuple[float | None, dict[str, Scalar]]:
+        round_ = self.global_round(server_round)
+        if failures:
+            reasons = "; ".join(_failure_reason(f) for f in failures[:5])
+            log.error("round %d: %d store(s) failed to evaluate (%s)", round_, len(failures), reasons)
+            self.record.note_failures(round_, len(failures), reasons)
+            if not self.config.accept_failures:
+                raise RoundFailed(f"round {round_}: evaluation failed at {len(failures)} store(s): {reasons}")
+        metrics = aggregate_store_metrics([res.metrics for _, res in results])
+        seconds = time.perf_counter() - self._round_started
+        self.record.note_evaluation(round_, metrics, self._fit_loss, seconds)
+        k = self.config.top_k
+        print(f"round {round_}/{self.start_round + self.record.planned_rounds} loss {self._fit_loss:.4f} "
+              f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid) "
+              f"{seconds:.1f}s", flush=True)
+        return 0.0, dict(metrics)
+
+
+def aggregate_store_metrics(store_metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """User-weighted means of the stores' summed metrics (PROTOCOL.md, federated evaluation)."""
+    out: dict[str, float] = {}
+    for prefix in ("valid/", "test/"):
+        sums: dict[str, float] = {}
+        for metrics in store_metrics:
+            for key, value in metrics.items():
+                if key.startswith(prefix):
+                    sums[key[len(prefix):]] = sums.get(key[len(prefix):], 0.0) + float(value)
+        out.update({prefix + key: value for key, value in mean_metrics(sums).items()})
+    return out
+
+
+def _failure_reason(failure: tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException
+                    ) -> str:
+    if isinstance(failure, BaseException):
+        return str(failure)[:300]
+    return str(failure[1].status.message)[:300]

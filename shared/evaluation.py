@@ -1,0 +1,66 @@
+"""Evaluate a model on its own users (PROTOCOL.md): sampled and full ranking, as sums and counts.
+
+A store calls this on its local users with the current global shared parameters and its private embeddings;
+the centralized baseline calls it on everyone. Both use the same function, so their numbers compare honestly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from shared.metrics import USERS_KEY, add_sums, full_metric_sums, sampled_metric_sums
+from shared.split import Split
+
+EVAL_BATCH_USERS = 256
+HeldOut = Literal["valid", "test"]
+
+
+def held_out_items(split: Split, which: HeldOut) -> np.ndarray:
+    return split.valid_items if which == "valid" else split.test_items
+
+
+def exclusion_mask(split: Split, users: np.ndarray, which: HeldOut) -> torch.Tensor:
+    """Items not ranked for each user: train items, plus the validation item when ranking the test item."""
+    mask = torch.zeros((len(users), split.n_items), dtype=torch.bool)
+    starts, ends = split.train_indptr[users], split.train_indptr[users + 1]
+    lengths = ends - starts
+    rows = np.repeat(np.arange(len(users)), lengths)
+    cols = split.train_items[np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])] \
+        if len(users) else np.zeros(0, dtype=np.int64)
+    mask[torch.as_tensor(rows), torch.as_tensor(cols)] = True
+    if which == "test":
+        mask[torch.arange(len(users)), torch.as_tensor(split.valid_items[users])] = True
+    return mask
+
+
+@torch.no_grad()
+def evaluate(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Split, negatives: np.ndarray, which: HeldOut, k: int,
+             device: torch.device | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Summed metrics over the split's evaluable users, and their full-ranking top-k lists.
+
+    ``score_all_items(users)`` returns [len(users), n_items] scores (e.g. ``NeuMF.score_all_items`` in eval mode).
+
+    ``negatives[u]`` are user ``u``'s sampled candidates (PROTOCOL.md); users without a held-out item are skipped.
+    """
+    device = device or torch.device("cpu")
+    held = held_out_items(split, which)
+    users = np.flatnonzero(held >= 0)
+    sums: dict[str, float] = {USERS_KEY: float(len(users))}
+    tops: list[np.ndarray] = []
+    for start in range(0, len(users), EVAL_BATCH_USERS):
+        batch = users[start:start + EVAL_BATCH_USERS]
+        user_t = torch.as_tensor(batch, device=device)
+        scores = score_all_items(user_t).float()
+        positive_items = torch.as_tensor(held[batch], device=device)
+        rows = torch.arange(len(batch), device=device)
+        neg = torch.as_tensor(negatives[batch], device=device)
+        add_sums(sums, sampled_metric_sums(scores[rows, positive_items], scores.gather(1, neg), k))
+        full, top = full_metric_sums(scores, positive_items, exclusion_mask(split, batch, which).to(device), k)
+        add_sums(sums, full)
+        tops.append(top.cpu().numpy())
+    return sums, tops

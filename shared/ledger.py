@@ -1,0 +1,107 @@
+"""The privacy ledger: the whole (σ, q, steps) history of a store or of the federation, and its ε.
+
+Why a history and not a running ε: privacy composes over a store's whole life, and only an accountant fed the
+entire history gives the tight value. A fresh accountant per round under-reports (it only ever sees one round);
+adding per-round ε over-reports. The ledger stores the history, rebuilds an Opacus accountant from it whenever ε
+is asked for, and is saved as JSON so anyone can recompute ε (``ledger.json``). A ledger that does not parse is
+an error, never a silent reset to zero.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
+
+
+class LedgerError(ValueError):
+    """A ledger file that cannot be trusted (unparseable or inconsistent)."""
+
+
+@dataclass
+class LedgerEntry:
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
+                "steps": self.steps}
+
+
+@dataclass
+class PrivacyLedger:
+    delta: float
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    def epsilon(self, accountant: str = "rdp") -> float:
+        """ε at ``delta`` of the whole history with one Opacus accountant (0 for an empty history)."""
+        return epsilon_of(self.entries, self.delta, accountant)
+
+    def projected_epsilon(self, noise_multiplier: float, sample_rate: float, steps: int,
+                          accountant: str = "rdp") -> float:
+        """ε the history would reach after one more round — computed on a copy, nothing is recorded."""
+        extra = LedgerEntry(-1, noise_multiplier, sample_rate, steps)
+        return epsilon_of([*copy.deepcopy(self.entries), extra], self.delta, accountant)
+
+    def record(self, round_: int, noise_multiplier: float, sample_rate: float, steps: int) -> None:
+        if any(e.round == round_ for e in self.entries):
+            raise LedgerError(f"round {round_} is already in the ledger; refusing to count it twice")
+        self.entries.append(LedgerEntry(round_, noise_multiplier, sample_rate, steps))
+
+    @property
+    def rounds(self) -> list[int]:
+        return [e.round for e in self.entries]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"delta": self.delta, "entries": [e.as_dict() for e in self.entries]}
+
+    @classmethod
+    def from_json(cls, payload: Any, source: str = "ledger") -> PrivacyLedger:
+        try:
+            entries = [LedgerEntry(int(e["round"]), float(e["noise_multiplier"]), float(e["sample_rate"]),
+                                   int(e["steps"])) for e in payload["entries"]]
+            return cls(delta=float(payload["delta"]), entries=entries)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LedgerError(f"{source}: not a valid privacy ledger ({exc!r})") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrivacyLedger:
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LedgerError(f"{path}: cannot read the privacy ledger ({exc}); refusing to start from zero") from exc
+        return cls.from_json(payload, str(path))
+
+
+def epsilon_of(entries: list[LedgerEntry], delta: float, accountant: str = "rdp") -> float:
+    noisy = [e for e in entries if e.steps > 0]
+    if not noisy:
+        return 0.0
+    if any(e.noise_multiplier <= 0 for e in noisy):
+        return float("inf")
+    acc = ACCOUNTANTS[accountant]()
+    acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in noisy]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # RDP's "optimal order is the largest alpha" is harmless here
+        return float(acc.get_epsilon(delta=delta))
+
+
+def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                     accountant: str = "rdp") -> float:
+    """σ that spends ``target_epsilon`` over ``steps`` steps at rate ``sample_rate`` (Opacus' helper)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                          sample_rate=sample_rate, steps=steps, accountant=accountant))

@@ -1,0 +1,76 @@
+"""The data a run works on: dataset, split, evaluation candidates, store assignment — loaded once per process.
+
+Every process of a simulation (server, each Ray actor) derives the same values from the same files because
+each step is a pure function of the data and the config (PROTOCOL.md); this module only caches them.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.config import ConfigError, RunConfig
+from shared.data import Dataset, load_dataset
+from shared.datasets import movielens_100k
+from shared.partition import partition_users
+from shared.split import Split, leave_one_out, sampled_negatives
+
+BUILTIN_DATASETS = {"ml-100k": movielens_100k}
+NUM_EVAL_NEGATIVES = 99
+
+
+@dataclass(frozen=True)
+class Workload:
+    dataset: Dataset
+    split: Split
+    negatives: np.ndarray  # [n_users, 99] sampled evaluation candidates per user
+
+
+def dataset_directory(name: str) -> Path:
+    """``ml-100k`` (fetched and cached on first use) or a directory of CSV files."""
+    if name in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[name]()
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"dataset: {name!r} is neither a built-in dataset ({', '.join(BUILTIN_DATASETS)}) "
+                          "nor a directory holding interactions.csv and items.csv")
+    return path.resolve()
+
+
+@functools.lru_cache(maxsize=4)
+def _load(directory: str, eval_seed: int) -> Workload:
+    dataset = load_dataset(directory)
+    split = leave_one_out(dataset)
+    return Workload(dataset, split, sampled_negatives(split, eval_seed, NUM_EVAL_NEGATIVES))
+
+
+def load_workload(config: RunConfig) -> Workload:
+    return _load(str(dataset_directory(config.dataset)), config.eval_seed)
+
+
+@functools.lru_cache(maxsize=8)
+def _stores(directory: str, eval_seed: int, scheme: str, num_stores: int, seed: int, alpha: float) -> np.ndarray:
+    return partition_users(_load(directory, eval_seed).dataset, scheme, num_stores, seed, alpha)
+
+
+def store_of_users(config: RunConfig) -> np.ndarray:
+    """Store index of every user of the dataset (int64 [n_users])."""
+    workload = load_workload(config)
+    if config.partition != "one-user-per-client" and config.num_stores > workload.split.n_users:
+        raise ConfigError(f"num-stores: {config.num_stores} stores but only {workload.split.n_users} users")
+    return _stores(str(dataset_directory(config.dataset)), config.eval_seed, config.partition,
+                   config.num_stores, config.seed, config.dirichlet_alpha)
+
+
+def number_of_stores(config: RunConfig) -> int:
+    return int(store_of_users(config).max()) + 1
+
+
+def users_of_store(config: RunConfig, store: int) -> np.ndarray:
+    stores = store_of_users(config)
+    if store < 0 or store > stores.max():
+        raise ConfigError(f"partition-id: store {store} does not exist (this partition has {stores.max() + 1})")
+    return np.flatnonzero(stores == store)
