@@ -47,5 +47,5 @@ class StoreState:
         write_json_atomic(self.directory / LEDGER_FILE, self.ledger.to_json())
         if self.embeddings is not None:
             buffer = io.BytesIO()
-            np.savez(buffer, user_ids=self.user_ids, **self.embeddings)
+            np.savez(buffer, allow_pickle=False, user_ids=self.user_ids, **self.embeddings)
             write_atomic(self.directory / EMBEDDINGS_FILE, lambda fh: fh.write(buffer.getvalue()))

@@ -19,13 +19,14 @@ from client.state import StoreState
 from client.trainers import LocalUpdate, train_store
 from shared.config import RunConfig
 from shared.device import pick_device
-from shared.evaluation import evaluate
+from shared.evaluation import HeldOut, evaluate
 from shared.model import PRIVATE_PARAMETERS, ModelShape, NeuMF, set_shared
 from shared.split import Split
 from shared.workload import load_workload, users_of_store
 
 ROUND_KEY = "round"
 RUN_DIR_KEY = "run-dir"
+EVAL_SPLITS: tuple[HeldOut, ...] = ("valid", "test")
 EVAL_PREFIXES = ("valid/", "test/")
 
 
@@ -96,11 +97,13 @@ class StoreClient(NumPyClient):
                             if n in PRIVATE_PARAMETERS}
         self._refuse_private(update.arrays, state.embeddings)
         state.save()  # ledger (and embeddings) on disk before anything leaves the store
-        metrics: dict[str, Any] = {"store": self.store, "loss": update.loss, "epsilon": state.ledger.epsilon(),
+        metrics: dict[str, Any] = {"store": self.store, "loss": update.loss,
+                                   "epsilon": state.ledger.epsilon(),
                                    "seconds": time.perf_counter() - started}
         if state.ledger.entries and state.ledger.entries[-1].round == round_:
             last = state.ledger.entries[-1]
-            metrics.update(noise_multiplier=last.noise_multiplier, sample_rate=last.sample_rate, steps=last.steps)
+            metrics.update(noise_multiplier=last.noise_multiplier, sample_rate=last.sample_rate,
+                           steps=last.steps)
         return update.arrays, update.weight, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
@@ -108,7 +111,7 @@ class StoreClient(NumPyClient):
         model = self._model(parameters, state)
         model.eval()
         metrics: dict[str, float] = {}
-        for which, prefix in zip(("valid", "test"), EVAL_PREFIXES, strict=True):
+        for which, prefix in zip(EVAL_SPLITS, EVAL_PREFIXES, strict=True):
             sums, _ = evaluate(model.score_all_items, self.data.split, self.data.negatives, which,
                                self.config.top_k, self.device)
             metrics.update({prefix + k: v for k, v in sums.items()})

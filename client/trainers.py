@@ -42,7 +42,8 @@ def train_store(model: NeuMF, split: Split, config: RunConfig, ledger: PrivacyLe
 
         return record_level_round(model, split, config, ledger, round_, rng, device)
     before = get_shared(model)
-    settings = TrainSettings(config.local_epochs, config.batch_size, config.learning_rate, config.num_negatives)
+    settings = TrainSettings(config.local_epochs, config.batch_size, config.learning_rate,
+                             config.num_negatives)
     loss = train_pointwise(model, TrainPairs(split), settings, rng, device)
     delta = [after - start for after, start in zip(get_shared(model), before, strict=True)]
     return LocalUpdate(delta, weight=len(split.train_users), loss=loss)

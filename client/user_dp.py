@@ -9,8 +9,9 @@ noise σ²C² — the central-DP mechanism, without trusting the server with a c
 each store adds the full σ²C².
 
 Why user embeddings may train without noise: a user's embedding depends only on that user's data and on
-released (DP) parameters, and never leaves the store (joint DP, the "billboard" model); the user's whole data is
-the DP unit anyway. The per-user local runs are vectorised with ``torch.func.vmap`` (no Python loop over users).
+released (DP) parameters, and never leaves the store (joint DP, the "billboard" model); the user's whole
+data is the DP unit anyway. The per-user local runs are vectorised with ``torch.func.vmap`` (no Python loop
+over users).
 """
 
 from __future__ import annotations
@@ -34,23 +35,32 @@ from shared.training import TrainPairs, TrainSettings, train_pointwise
 EMBEDDING_SUFFIX = "_item.weight"
 
 
-def user_level_round(model: NeuMF, split: Split, config: RunConfig, ledger: PrivacyLedger, round_: int,
-                     rng: np.random.Generator, device: torch.device,
-                     noise_generator: torch.Generator | None = None) -> LocalUpdate:
+def user_level_round(
+    model: NeuMF,
+    split: Split,
+    config: RunConfig,
+    ledger: PrivacyLedger,
+    round_: int,
+    rng: np.random.Generator,
+    device: torch.device,
+    noise_generator: torch.Generator | None = None,
+) -> LocalUpdate:
     """One store round of user-level DP-FedAvg; records the round in ``ledger`` (budget checked first)."""
     sigma = federation_noise_multiplier(config)
     q = config.user_sample_rate
     projected = ledger.projected_epsilon(sigma, q, 1)
     if projected > config.target_epsilon:
-        raise BudgetExhausted(f"round {round_} would reach ε={projected:.3f} > target-epsilon "
-                              f"{config.target_epsilon} at δ={config.delta}; this store stops contributing")
+        raise BudgetExhausted(
+            f"round {round_} would reach ε={projected:.3f} > target-epsilon "
+            f"{config.target_epsilon} at δ={config.delta}; this store stops contributing"
+        )
     pairs = TrainPairs(split)
     sampled = np.flatnonzero(rng.random(split.n_users) < q)
     names = shared_names(model)
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in names}
     losses: list[float] = []
     for start in range(0, len(sampled), config.user_chunk_size):
-        chunk = sampled[start:start + config.user_chunk_size]
+        chunk = sampled[start : start + config.user_chunk_size]
         deltas, user_rows, loss = local_user_runs(model, split, pairs, chunk, config, rng, device)
         clipped_sum = clip_and_sum(deltas, config.clipping_norm)
         for n in names:
@@ -60,8 +70,11 @@ def user_level_round(model: NeuMF, split: Split, config: RunConfig, ledger: Priv
             for n in PRIVATE_PARAMETERS:
                 params[n][torch.as_tensor(chunk, device=device)] = user_rows[n]
         losses.append(loss)
-    add_noise_share(total, sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
-                    noise_generator or _noise_generator(config, round_, rng))
+    add_noise_share(
+        total,
+        sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
+        noise_generator or _noise_generator(config, round_, rng),
+    )
     if config.user_refresh_epochs:
         refresh_private_embeddings(model, pairs, config, rng, device)
     ledger.record(round_, sigma, q, 1)
@@ -69,9 +82,15 @@ def user_level_round(model: NeuMF, split: Split, config: RunConfig, ledger: Priv
     return LocalUpdate([total[n].cpu().numpy() for n in names], weight=1, loss=loss_value)
 
 
-def local_user_runs(model: NeuMF, split: Split, pairs: TrainPairs, users: np.ndarray, config: RunConfig,
-                    rng: np.random.Generator, device: torch.device
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+def local_user_runs(
+    model: NeuMF,
+    split: Split,
+    pairs: TrainPairs,
+    users: np.ndarray,
+    config: RunConfig,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
     """Train each user in ``users`` from the current shared parameters, all at once.
 
     Returns per-user shared deltas ({name: [U, ...]}), the users' new private rows ({name: [U, dim]}) and the
@@ -94,8 +113,14 @@ def local_user_runs(model: NeuMF, split: Split, pairs: TrainPairs, users: np.nda
         return bce(functional_call(model, p, (zero_user, batch_items)), labels_t)
 
     step = vmap(grad_and_value(loss_of))
-    lr = {n: (config.user_learning_rate if (n in PRIVATE_PARAMETERS or n.endswith(EMBEDDING_SUFFIX))
-              else config.user_dense_learning_rate) for n in local}
+    lr = {
+        n: (
+            config.user_learning_rate
+            if (n in PRIVATE_PARAMETERS or n.endswith(EMBEDDING_SUFFIX))
+            else config.user_dense_learning_rate
+        )
+        for n in local
+    }
     loss_total = 0.0
     for s in range(steps):
         grads, loss = step(local, items_t[:, s])
@@ -107,8 +132,14 @@ def local_user_runs(model: NeuMF, split: Split, pairs: TrainPairs, users: np.nda
     return deltas, user_rows, loss_total / steps
 
 
-def _local_batches(split: Split, pairs: TrainPairs, users: np.ndarray, steps: int, config: RunConfig,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _local_batches(
+    split: Split,
+    pairs: TrainPairs,
+    users: np.ndarray,
+    steps: int,
+    config: RunConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Items [U, steps, P·(1+neg)] (P positives then their negatives) and the matching 0/1 labels."""
     positives_per_step, negs = config.user_batch_size, config.num_negatives
     starts = split.train_indptr[users]
@@ -118,8 +149,9 @@ def _local_batches(split: Split, pairs: TrainPairs, users: np.ndarray, steps: in
     owners = np.repeat(users, steps * positives_per_step * negs)
     negatives = pairs.negatives_for(owners, rng).reshape(len(users), steps, positives_per_step * negs)
     items = np.concatenate([positives, negatives], axis=2)
-    labels = np.concatenate([np.ones(positives_per_step, np.float32),
-                             np.zeros(positives_per_step * negs, np.float32)])
+    labels = np.concatenate(
+        [np.ones(positives_per_step, np.float32), np.zeros(positives_per_step * negs, np.float32)]
+    )
     return items, labels
 
 
@@ -128,8 +160,7 @@ def clip_and_sum(deltas: dict[str, torch.Tensor], clipping_norm: float) -> dict[
 
     Each user then moves the sum by at most C — the sensitivity the noise is calibrated to.
     """
-    flat_sq = sum(d.flatten(1).pow(2).sum(1) for d in deltas.values())
-    norms = torch.sqrt(flat_sq)
+    norms = torch.sqrt(torch.stack([d.flatten(1).pow(2).sum(1) for d in deltas.values()]).sum(0))
     factor = torch.clamp(clipping_norm / (norms + 1e-12), max=1.0)
     finite = torch.isfinite(norms)
     factor = torch.where(finite, factor, torch.zeros_like(factor))
@@ -153,8 +184,9 @@ def _noise_generator(config: RunConfig, round_: int, rng: np.random.Generator) -
     return torch.Generator().manual_seed(seed)
 
 
-def refresh_private_embeddings(model: NeuMF, pairs: TrainPairs, config: RunConfig, rng: np.random.Generator,
-                               device: torch.device) -> None:
+def refresh_private_embeddings(
+    model: NeuMF, pairs: TrainPairs, config: RunConfig, rng: np.random.Generator, device: torch.device
+) -> None:
     """Refit every user's private embedding against the current shared parameters (frozen).
 
     Free under joint DP: nothing released depends on it except through that user's own (clipped, noised)
@@ -164,8 +196,9 @@ def refresh_private_embeddings(model: NeuMF, pairs: TrainPairs, config: RunConfi
     for p in shared:
         p.requires_grad_(False)
     try:
-        settings = TrainSettings(config.user_refresh_epochs, config.batch_size, config.learning_rate,
-                                 config.num_negatives)
+        settings = TrainSettings(
+            config.user_refresh_epochs, config.batch_size, config.learning_rate, config.num_negatives
+        )
         train_pointwise(model, pairs, settings, rng, device)
     finally:
         for p in shared:

@@ -42,7 +42,7 @@ def check_privacy_config(config: RunConfig, population: int, interactions: int) 
 
 
 def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
-    """Run (or resume) the federation to ``num-rounds``; returns the summary (also in run_dir/summary.json)."""
+    """Run (or resume) the federation to ``num-rounds``; returns the summary (also run_dir/summary.json)."""
     workload = load_workload(config)
     population = config.population or workload.split.n_users
     check_privacy_config(config, population, len(workload.split.train_users))
@@ -52,20 +52,23 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     record = RunRecord.open(run_dir, config, shared_names(NeuMF(1, shape)))
     if record.resumed_from is not None:
         shared = record.resumed_from.shared
-        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate, config.server_momentum,
-                                    record.resumed_from.optimizer,
+        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate,
+                                    config.server_momentum, record.resumed_from.optimizer,
                                     int(record.resumed_from.meta.get("optimizer_steps", 0)))
         print(f"resuming {run_dir} after round {record.completed_round}", flush=True)
     else:
         shared = initial_shared(shape, config.seed)
-        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate, config.server_momentum)
+        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate,
+                                    config.server_momentum)
     strategy = FedRecStrategy(config, record, shared, optimizer, num_stores, population)
     if record.planned_rounds == 0:
-        return record.finish(strategy.shared, "completed", "nothing to do: the run already reached num-rounds")
+        return record.finish(strategy.shared, "completed",
+                             "nothing to do: the run already reached num-rounds")
     fit_workflow = None
     if config.secagg:
         fit_workflow = SecAggPlusWorkflow(
-            num_shares=config.secagg_num_shares, reconstruction_threshold=config.secagg_reconstruction_threshold,
+            num_shares=config.secagg_num_shares,
+            reconstruction_threshold=config.secagg_reconstruction_threshold,
             clipping_range=config.secagg_clipping_range, quantization_range=config.secagg_quantization_range,
             max_weight=_max_weight(config, workload.split))
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=record.planned_rounds),

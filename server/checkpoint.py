@@ -1,8 +1,8 @@
 """Round checkpoints of the global model: written atomically after every round, resumed on restart.
 
 A checkpoint holds the shared parameters, the server optimizer's state, the federation ledger and the round
-history. Files are per round (the last ``KEEP`` are kept), so a corrupt newest file never costs the previous one:
-loading a corrupt checkpoint is reported and nothing on disk is touched.
+history. Files are per round (the last ``KEEP`` are kept), so a corrupt newest file never costs the previous
+one: loading a corrupt checkpoint is reported and nothing on disk is touched.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
             "optimizer_slots": sorted(checkpoint.optimizer), **checkpoint.meta}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)
     path = checkpoint_dir(run_dir) / f"round-{checkpoint.round:04d}.npz"
     write_atomic(path, lambda fh: fh.write(buffer.getvalue()))
     for old in sorted(_rounds(run_dir))[:-KEEP]:
@@ -63,7 +63,7 @@ def _rounds(run_dir: Path) -> list[int]:
 
 
 def load_latest(run_dir: Path) -> Checkpoint | None:
-    """The newest checkpoint, or None for a fresh run; a corrupt one raises CheckpointError (files untouched)."""
+    """The newest checkpoint, or None for a fresh run; a corrupt one raises CheckpointError (untouched)."""
     rounds = _rounds(run_dir)
     if not rounds:
         return None

@@ -1,4 +1,4 @@
-"""Server-side optimizers over the aggregated update (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
+"""Server optimizers over the aggregated update (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 
 The aggregate Δ (mean store delta, or the DP-FedAvg estimate) is treated as a pseudo-gradient step:
 ``sgd`` applies θ + η·Δ (η = 1 is FedAvg), ``momentum`` is FedAvgM, ``adam`` is FedAdam. Noisy DP aggregates

@@ -1,8 +1,8 @@
 """Everything a run leaves in its run directory, kept by the server.
 
 ``config.json`` (the exact settings), ``metrics.json`` (per round), ``ledger.json`` (the federation's and each
-store's (σ, q, steps, ε) per round, so anyone can recompute ε), ``checkpoints/`` (resume), ``model.npz`` (final
-shared parameters) and ``summary.json`` (the run's result line).
+store's (σ, q, steps, ε) per round, so anyone can recompute ε), ``checkpoints/`` (resume), ``model.npz``
+(final shared parameters) and ``summary.json`` (the run's result line).
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ class RunRecord:
         if checkpoint is not None:
             record.resumed_from = checkpoint
             record.completed_round = checkpoint.round
-            record.history = checkpoint.meta.get("history", [])
-            record.federation_ledger = PrivacyLedger.from_json(checkpoint.meta["federation_ledger"], "checkpoint")
+            record.history = _resumed_history(run_dir, checkpoint)
+            record.federation_ledger = PrivacyLedger.from_json(checkpoint.meta["federation_ledger"],
+                                                               "checkpoint")
             record.store_ledgers = checkpoint.meta.get("store_ledgers", {})
             record.planned_rounds = max(0, config.num_rounds - checkpoint.round)
         write_json_atomic(run_dir / "config.json", config.to_flower())
@@ -94,8 +95,9 @@ class RunRecord:
         """The weaker per-store guarantee if one store's update were ever seen alone (σ/√K instead of σ)."""
         if self.config.privacy != "user":
             return self.epsilon()
+        share = noise_shares(self.config) ** 0.5
         alone = PrivacyLedger(self.config.delta, [
-            LedgerEntry(e.round, e.noise_multiplier / noise_shares(self.config) ** 0.5, e.sample_rate, e.steps)
+            LedgerEntry(e.round, e.noise_multiplier / share, e.sample_rate, e.steps)
             for e in self.federation_ledger.entries])
         return alone.epsilon()
 
@@ -120,10 +122,11 @@ class RunRecord:
         import io
 
         buffer = io.BytesIO()
-        np.savez(buffer, **{name: array for name, array in zip(self.names, shared, strict=True)})
+        np.savez(buffer, allow_pickle=False, **dict(zip(self.names, shared, strict=True)))
         write_atomic(self.run_dir / "model.npz", lambda fh: fh.write(buffer.getvalue()))
         self.write_ledger()
-        last = next((h for h in reversed(self.history) if "test/hr@10" in h or "test/users" in h), {})
+        evaluated = (h for h in reversed(self.history) if "test/users" in h)
+        last: dict[str, Any] = next(evaluated, {})
         k = self.config.top_k
         summary: dict[str, Any] = {
             f"hr@{k}": last.get(f"test/hr@{k}"), f"ndcg@{k}": last.get(f"test/ndcg@{k}"),
@@ -139,6 +142,24 @@ class RunRecord:
             summary["message"] = message
         write_json_atomic(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _resumed_history(run_dir: Path, checkpoint: Checkpoint) -> list[dict[str, Any]]:
+    """The round history to continue from: metrics.json up to the checkpoint's round.
+
+    The checkpoint of round r is written before round r's federated evaluation, so its own copy of the history
+    lacks that evaluation; metrics.json, written after it, has it. Entries past the checkpoint (a newer
+    checkpoint was moved aside) are dropped, failure notes are kept. Without a readable metrics.json: the
+    checkpoint's copy.
+    """
+    try:
+        history = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return list(checkpoint.meta.get("history", []))
+    if not isinstance(history, list):
+        return list(checkpoint.meta.get("history", []))
+    return [entry for entry in history if isinstance(entry, dict)
+            and (int(entry.get("round", 0)) <= checkpoint.round or "failures" in entry)]
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

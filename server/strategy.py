@@ -2,9 +2,9 @@
 
 Flower's legacy ``FedAvg`` (which SecAgg+'s workflow drives in flwr 1.41) averages what stores send; fedrec's
 stores send *updates*, so this strategy keeps the global shared parameters itself and applies the aggregate
-through ``ServerOptimizer``. It also refuses the silent outcomes Flower allows: a round with failed stores (unless
-``accept-failures``), a user-level DP round with fewer than K stores (the sum would carry less noise than
-promised), and a round whose aggregation never ran (SecAgg+ "halted" still lets the workflow "finish").
+through ``ServerOptimizer``. It also refuses the silent outcomes Flower allows: a round with failed stores
+(unless ``accept-failures``), a user-level DP round with fewer than K stores (the sum would carry less noise
+than promised), and a round whose aggregation never ran (SecAgg+ "halted" still lets the workflow "finish").
 """
 
 from __future__ import annotations
@@ -41,15 +41,28 @@ RUN_DIR_KEY = "run-dir"
 
 
 class RoundFailed(RuntimeError):
-    """A round that did not produce a valid aggregate; the run stops instead of carrying an unchanged model."""
+    """A round without a valid aggregate; the run stops instead of carrying an unchanged model."""
 
 
 class FedRecStrategy(FedAvg):
-    def __init__(self, config: RunConfig, record: RunRecord, shared: list[np.ndarray], optimizer: ServerOptimizer,
-                 num_stores: int, population: int) -> None:
-        super().__init__(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=num_stores,
-                         min_evaluate_clients=num_stores, min_available_clients=num_stores,
-                         initial_parameters=ndarrays_to_parameters(shared), accept_failures=True)
+    def __init__(
+        self,
+        config: RunConfig,
+        record: RunRecord,
+        shared: list[np.ndarray],
+        optimizer: ServerOptimizer,
+        num_stores: int,
+        population: int,
+    ) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=num_stores,
+            min_evaluate_clients=num_stores,
+            min_available_clients=num_stores,
+            initial_parameters=ndarrays_to_parameters(shared),
+            accept_failures=True,
+        )
         self.config = config
         self.record = record
         self.shared = shared
@@ -65,25 +78,33 @@ class FedRecStrategy(FedAvg):
         return self.start_round + workflow_round
 
     # -- fit --------------------------------------------------------------------------------------------
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager
-                      ) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         self._round_started = time.perf_counter()
         round_ = self.global_round(server_round)
         if self.config.privacy == "user":
             sigma = federation_noise_multiplier(self.config)
-            projected = self.record.federation_ledger.projected_epsilon(sigma, self.config.user_sample_rate, 1)
+            projected = self.record.federation_ledger.projected_epsilon(
+                sigma, self.config.user_sample_rate, 1
+            )
             if projected > self.config.target_epsilon:
-                self.budget_stop = (f"round {round_} would reach ε={projected:.3f} > target-epsilon "
-                                    f"{self.config.target_epsilon}; the run stops here")
+                self.budget_stop = (
+                    f"round {round_} would reach ε={projected:.3f} > target-epsilon "
+                    f"{self.config.target_epsilon}; the run stops here"
+                )
                 log.warning(self.budget_stop)
                 return []
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        extra = {ROUND_KEY: round_, RUN_DIR_KEY: str(self.record.run_dir)}
+        extra: dict[str, Scalar] = {ROUND_KEY: round_, RUN_DIR_KEY: str(self.record.run_dir)}
         return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         round_ = self.global_round(server_round)
         if failures:
             reasons = "; ".join(_failure_reason(f) for f in failures[:5])
@@ -95,8 +116,10 @@ class FedRecStrategy(FedAvg):
         if not results:
             raise RoundFailed(f"round {round_}: no store returned an update")
         if self.config.privacy == "user" and len(results) < noise_shares(self.config):
-            raise RoundFailed(f"round {round_}: only {len(results)} stores contributed, fewer than "
-                              f"noise-share-stores={noise_shares(self.config)}; the sum would be under-noised")
+            raise RoundFailed(
+                f"round {round_}: only {len(results)} stores contributed, fewer than "
+                f"noise-share-stores={noise_shares(self.config)}; the sum would be under-noised"
+            )
         mean_params, _ = super().aggregate_fit(server_round, results, [])
         if mean_params is None:
             raise RoundFailed(f"round {round_}: aggregation produced no parameters")
@@ -110,8 +133,8 @@ class FedRecStrategy(FedAvg):
         return ndarrays_to_parameters(self.shared), {"loss": self._fit_loss}
 
     def _update_from_mean(self, mean: list[np.ndarray], n_results: int) -> list[np.ndarray]:
-        """The step direction. User-level DP: stores sent noised sums (weight 1 each), so the DP-FedAvg estimate
-        is Σ/(q·N) with the fixed denominator its sensitivity analysis assumes."""
+        """The step direction. User-level DP: stores sent noised sums (weight 1 each), so the DP-FedAvg
+        estimate is Σ/(q·N) with the fixed denominator its sensitivity analysis assumes."""
         if self.config.privacy != "user":
             return mean
         denominator = self.config.user_sample_rate * self.population
@@ -125,23 +148,32 @@ class FedRecStrategy(FedAvg):
         if server_round not in self.aggregated:
             if self.budget_stop:
                 return None
-            raise RoundFailed(f"round {round_}: no aggregate was produced (secure aggregation halted or every "
-                              "store failed); the global model was NOT updated")
+            raise RoundFailed(
+                f"round {round_}: no aggregate was produced (secure aggregation halted or every "
+                "store failed); the global model was NOT updated"
+            )
         self.record.checkpoint(round_, self.shared, self.optimizer)
         return None
 
     # -- federated evaluation ---------------------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager
-                           ) -> list[tuple[ClientProxy, EvaluateIns]]:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
         if server_round not in self.aggregated:
             return []
         instructions = super().configure_evaluate(server_round, parameters, client_manager)
-        extra = {ROUND_KEY: self.global_round(server_round), RUN_DIR_KEY: str(self.record.run_dir)}
+        extra: dict[str, Scalar] = {
+            ROUND_KEY: self.global_round(server_round),
+            RUN_DIR_KEY: str(self.record.run_dir),
+        }
         return [(proxy, EvaluateIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
 
-    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
-                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException]
-                           ) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
         round_ = self.global_round(server_round)
         if failures:
             reasons = "; ".join(_failure_reason(f) for f in failures[:5])
@@ -153,9 +185,12 @@ class FedRecStrategy(FedAvg):
         seconds = time.perf_counter() - self._round_started
         self.record.note_evaluation(round_, metrics, self._fit_loss, seconds)
         k = self.config.top_k
-        print(f"round {round_}/{self.start_round + self.record.planned_rounds} loss {self._fit_loss:.4f} "
-              f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid) "
-              f"{seconds:.1f}s", flush=True)
+        print(
+            f"round {round_}/{self.start_round + self.record.planned_rounds} loss {self._fit_loss:.4f} "
+            f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid) "
+            f"{seconds:.1f}s",
+            flush=True,
+        )
         return 0.0, dict(metrics)
 
 
@@ -167,13 +202,14 @@ def aggregate_store_metrics(store_metrics: list[dict[str, Any]]) -> dict[str, fl
         for metrics in store_metrics:
             for key, value in metrics.items():
                 if key.startswith(prefix):
-                    sums[key[len(prefix):]] = sums.get(key[len(prefix):], 0.0) + float(value)
+                    sums[key[len(prefix) :]] = sums.get(key[len(prefix) :], 0.0) + float(value)
         out.update({prefix + key: value for key, value in mean_metrics(sums).items()})
     return out
 
 
-def _failure_reason(failure: tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException
-                    ) -> str:
+def _failure_reason(
+    failure: tuple[ClientProxy, FitRes] | tuple[ClientProxy, EvaluateRes] | BaseException,
+) -> str:
     if isinstance(failure, BaseException):
         return str(failure)[:300]
     return str(failure[1].status.message)[:300]

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(fh)`` on a temp file and atomically replace ``path`` with it; on error the old file stays."""
+    """Run ``write(fh)`` on a temp file and atomically replace ``path`` by it; on error the old file stays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

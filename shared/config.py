@@ -1,8 +1,8 @@
 """The run configuration: one typed, validated object for every setting.
 
 Defaults live in exactly one place, ``[tool.flwr.app.config]`` of ``pyproject.toml`` (Flower merges them into
-``context.run_config``). This module gives them types and ranges and validates a run's mapping once, at the edge,
-with errors that name the key and what is allowed (the Opacus habit: fail early, say what to do).
+``context.run_config``). This module gives them types and ranges and validates a run's mapping once, at the
+edge, with errors that name the key and what is allowed (the Opacus habit: fail early, say what to do).
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def from_mapping(values: Mapping[str, Any], *, base: Mapping[str, Any] | None = 
     missing = known - merged.keys()
     if missing:
         raise ConfigError(f"missing config key(s): {', '.join(sorted(missing))}")
-    kwargs = {f.name: _coerce(key_of(f.name), merged[key_of(f.name)], f.type) for f in dataclasses.fields(RunConfig)}
+    kwargs = {f.name: _coerce(key_of(f.name), merged[key_of(f.name)], f.type)
+              for f in dataclasses.fields(RunConfig)}
     return validated(RunConfig(**kwargs))
 
 
@@ -153,11 +154,12 @@ def validated(config: RunConfig) -> RunConfig:
             f"secagg-reconstruction-threshold: {config.secagg_reconstruction_threshold} exceeds "
             f"secagg-num-shares ({config.secagg_num_shares}); the sum could never be unmasked"
         )
-    if config.secagg and config.privacy == "user" and config.noise_share_stores > config.secagg_reconstruction_threshold:
+    threshold = config.secagg_reconstruction_threshold
+    if config.secagg and config.privacy == "user" and config.noise_share_stores > threshold:
         raise ConfigError(
             f"noise-share-stores: {config.noise_share_stores} exceeds secagg-reconstruction-threshold "
-            f"({config.secagg_reconstruction_threshold}); a round that completes with only the threshold's stores "
-            "would carry less than the configured noise"
+            f"({threshold}); a round that completes with only the threshold's stores would carry less than "
+            "the configured noise"
         )
     return config
 

@@ -6,9 +6,8 @@ the centralized baseline calls it on everyone. Both use the same function, so th
 
 from __future__ import annotations
 
-from typing import Literal
-
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,13 +38,15 @@ def exclusion_mask(split: Split, users: np.ndarray, which: HeldOut) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Split, negatives: np.ndarray, which: HeldOut, k: int,
-             device: torch.device | None = None) -> tuple[dict[str, float], list[np.ndarray]]:
+def evaluate(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Split, negatives: np.ndarray,
+             which: HeldOut, k: int, device: torch.device | None = None
+             ) -> tuple[dict[str, float], list[np.ndarray]]:
     """Summed metrics over the split's evaluable users, and their full-ranking top-k lists.
 
-    ``score_all_items(users)`` returns [len(users), n_items] scores (e.g. ``NeuMF.score_all_items`` in eval mode).
+    ``score_all_items(users)`` gives [len(users), n_items] scores (e.g. ``NeuMF.score_all_items``, eval mode).
 
-    ``negatives[u]`` are user ``u``'s sampled candidates (PROTOCOL.md); users without a held-out item are skipped.
+    ``negatives[u]`` are user ``u``'s sampled candidates (PROTOCOL.md); users without a held-out item are
+    skipped.
     """
     device = device or torch.device("cpu")
     held = held_out_items(split, which)
@@ -60,7 +61,8 @@ def evaluate(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Spl
         rows = torch.arange(len(batch), device=device)
         neg = torch.as_tensor(negatives[batch], device=device)
         add_sums(sums, sampled_metric_sums(scores[rows, positive_items], scores.gather(1, neg), k))
-        full, top = full_metric_sums(scores, positive_items, exclusion_mask(split, batch, which).to(device), k)
+        excluded = exclusion_mask(split, batch, which).to(device)
+        full, top = full_metric_sums(scores, positive_items, excluded, k)
         add_sums(sums, full)
         tops.append(top.cpu().numpy())
     return sums, tops

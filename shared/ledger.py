@@ -1,10 +1,10 @@
 """The privacy ledger: the whole (σ, q, steps) history of a store or of the federation, and its ε.
 
 Why a history and not a running ε: privacy composes over a store's whole life, and only an accountant fed the
-entire history gives the tight value. A fresh accountant per round under-reports (it only ever sees one round);
-adding per-round ε over-reports. The ledger stores the history, rebuilds an Opacus accountant from it whenever ε
-is asked for, and is saved as JSON so anyone can recompute ε (``ledger.json``). A ledger that does not parse is
-an error, never a silent reset to zero.
+entire history gives the tight value. A fresh accountant per round under-reports (it only ever sees one
+round); adding per-round ε over-reports. The ledger stores the history, rebuilds an Opacus accountant from it
+whenever ε is asked for, and is saved as JSON so anyone can recompute ε (``ledger.json``). A ledger that does
+not parse is an error, never a silent reset to zero.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class LedgerEntry:
     steps: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate,
-                "steps": self.steps}
+        return {"round": self.round, "noise_multiplier": self.noise_multiplier,
+                "sample_rate": self.sample_rate, "steps": self.steps}
 
 
 @dataclass
@@ -79,7 +79,8 @@ class PrivacyLedger:
         try:
             payload = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise LedgerError(f"{path}: cannot read the privacy ledger ({exc}); refusing to start from zero") from exc
+            raise LedgerError(f"{path}: cannot read the privacy ledger ({exc}); refusing to start from zero"
+                              ) from exc
         return cls.from_json(payload, str(path))
 
 
@@ -90,10 +91,25 @@ def epsilon_of(entries: list[LedgerEntry], delta: float, accountant: str = "rdp"
     if any(e.noise_multiplier <= 0 for e in noisy):
         return float("inf")
     acc = ACCOUNTANTS[accountant]()
-    acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in noisy]
+    acc.history = merged_history(noisy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # RDP's "optimal order is the largest alpha" is harmless here
         return float(acc.get_epsilon(delta=delta))
+
+
+def merged_history(entries: list[LedgerEntry]) -> list[tuple[float, float, int]]:
+    """The accountant's (σ, q, steps) history with rounds of equal (σ, q) merged into one entry.
+
+    Composition does not depend on the order of the steps (RDP adds steps·RDP(σ, q) per entry; PRV composes
+    each entry's PRV steps times), so the ε is the same, but Opacus evaluates every entry separately (~0.2 s
+    per RDP entry): unmerged, a 15-round ledger cost 3 s per ε. ``RDPAccountant.step`` merges consecutive
+    equal steps the same way.
+    """
+    steps: dict[tuple[float, float], int] = {}
+    for e in entries:
+        key = (e.noise_multiplier, e.sample_rate)
+        steps[key] = steps.get(key, 0) + e.steps
+    return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
 def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int,

@@ -1,9 +1,9 @@
 """Ranking metrics of PROTOCOL.md, as sums and counts so stores can evaluate their own users.
 
 Every metric here is a per-user value summed over users; a federation adds the sums and the counts it receives
-and divides once, which equals a central evaluation of the same users (``mean_metrics``). Ranks are pessimistic:
-an item scoring the same as the held-out item counts as ranked above it, so a constant model scores no better
-than chance.
+and divides once, which equals a central evaluation of the same users (``mean_metrics``). Ranks are
+pessimistic: an item scoring the same as the held-out item counts as ranked above it, so a constant model
+scores no better than chance.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """NeuMF and the one declaration of which of its parameters are private.
 
-NeuMF (He et al., "Neural Collaborative Filtering", WWW 2017): a GMF tower (element-wise product of user and item
-embeddings) and an MLP tower (MLP over the concatenated embeddings), fused by one linear output layer.
+NeuMF (He et al., "Neural Collaborative Filtering", WWW 2017): a GMF tower (element-wise product of user and
+item embeddings) and an MLP tower (MLP over the concatenated embeddings), fused by one linear output layer.
 
 Privacy split (fedrec's design): the user embeddings are **private** — created, trained and stored only at the
-store that holds the user, never put in a Flower message. Everything else (item embeddings, MLP, output layer) is
-**shared**: the part stores train together and the server aggregates. ``PRIVATE_PARAMETERS`` is the only place
-this split is declared; every other module asks ``is_private``/``shared_names``.
+store that holds the user, never put in a Flower message. Everything else (item embeddings, MLP, output layer)
+is **shared**: the part stores train together and the server aggregates. ``PRIVATE_PARAMETERS`` is the only
+place this split is declared; every other module asks ``is_private``/``shared_names``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: RunConfig, n_items: int) -> ModelShape:
-        return cls(n_items=n_items, gmf_dim=config.gmf_dim, mlp_dim=config.mlp_dim, hidden=config.hidden_layers)
+        return cls(n_items=n_items, gmf_dim=config.gmf_dim, mlp_dim=config.mlp_dim,
+                   hidden=config.hidden_layers)
 
 
 class NeuMF(nn.Module):

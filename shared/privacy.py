@@ -13,8 +13,8 @@ from shared.ledger import noise_for_target
 
 
 def noise_shares(config: RunConfig) -> int:
-    """K: how many stores' noise shares make up the full noise. Without SecAgg+ a store's update is seen alone,
-    so it must carry all of it (K = 1)."""
+    """K: how many stores' noise shares make up the full noise. Without SecAgg+ a store's update is seen
+    alone, so it must carry all of it (K = 1)."""
     return config.noise_share_stores if config.secagg else 1
 
 

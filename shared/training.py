@@ -17,7 +17,7 @@ from shared.split import Split
 
 
 class TrainPairs:
-    """Negative sampling for one split: uniform over items not in the user's train set (vectorised rejection)."""
+    """Negative sampling for a split: uniform over items outside a user's train set (vectorised rejection)."""
 
     MAX_REJECTION_ROUNDS = 100
 
@@ -33,13 +33,17 @@ class TrainPairs:
             keys = users * n_items + items
             pos = np.searchsorted(self._train_keys, keys)
             pos = np.minimum(pos, len(self._train_keys) - 1)
-            clash = self._train_keys[pos] == keys if len(self._train_keys) else np.zeros(len(keys), dtype=bool)
+            if len(self._train_keys):
+                clash = self._train_keys[pos] == keys
+            else:
+                clash = np.zeros(len(keys), dtype=bool)
             if not clash.any():
                 return items
             items[clash] = rng.integers(0, n_items, size=int(clash.sum()))
         raise ValueError("could not draw negatives: some user has interacted with (almost) every item")
 
-    def epoch(self, num_negatives: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def epoch(self, num_negatives: int, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shuffled (users, items, labels) of one epoch: every train interaction plus its negatives."""
         pos_u, pos_i = self.split.train_users, self.split.train_items
         neg_u = np.repeat(pos_u, num_negatives)
@@ -67,7 +71,8 @@ def train_pointwise(model: nn.Module, pairs: TrainPairs, settings: TrainSettings
     loss_fn = nn.BCEWithLogitsLoss()
     last = float("nan")
     for _ in range(settings.epochs):
-        users, items, labels = (torch.as_tensor(a, device=device) for a in pairs.epoch(settings.num_negatives, rng))
+        epoch = pairs.epoch(settings.num_negatives, rng)
+        users, items, labels = (torch.as_tensor(a, device=device) for a in epoch)
         total, batches = 0.0, 0
         for start in range(0, len(users), settings.batch_size):
             stop = start + settings.batch_size

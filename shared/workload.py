@@ -52,14 +52,15 @@ def load_workload(config: RunConfig) -> Workload:
 
 
 @functools.lru_cache(maxsize=8)
-def _stores(directory: str, eval_seed: int, scheme: str, num_stores: int, seed: int, alpha: float) -> np.ndarray:
+def _stores(directory: str, eval_seed: int, scheme: str, num_stores: int, seed: int, alpha: float
+            ) -> np.ndarray:
     return partition_users(_load(directory, eval_seed).dataset, scheme, num_stores, seed, alpha)
 
 
 def store_of_users(config: RunConfig) -> np.ndarray:
     """Store index of every user of the dataset (int64 [n_users])."""
     workload = load_workload(config)
-    if config.partition != "one-user-per-client" and config.num_stores > workload.split.n_users:
+    if config.partition in ("iid", "dirichlet") and config.num_stores > workload.split.n_users:
         raise ConfigError(f"num-stores: {config.num_stores} stores but only {workload.split.n_users} users")
     return _stores(str(dataset_directory(config.dataset)), config.eval_seed, config.partition,
                    config.num_stores, config.seed, config.dirichlet_alpha)
@@ -72,5 +73,6 @@ def number_of_stores(config: RunConfig) -> int:
 def users_of_store(config: RunConfig, store: int) -> np.ndarray:
     stores = store_of_users(config)
     if store < 0 or store > stores.max():
-        raise ConfigError(f"partition-id: store {store} does not exist (this partition has {stores.max() + 1})")
+        raise ConfigError(f"partition-id: store {store} does not exist "
+                          f"(this partition has {stores.max() + 1})")
     return np.flatnonzero(stores == store)

@@ -48,7 +48,8 @@ def train_centralized(config: RunConfig, epochs: int, verbose: bool = True) -> d
         valid = _report(model.score_all_items, split, negatives, config, device, "valid")
         curve.append({"epoch": epoch, "loss": loss, f"valid/hr@{config.top_k}": valid[f"hr@{config.top_k}"]})
         if verbose:
-            print(f"epoch {epoch}/{epochs} loss {loss:.4f} hr@{config.top_k} {valid[f'hr@{config.top_k}']:.4f} "
+            hit_ratio = valid[f"hr@{config.top_k}"]
+            print(f"epoch {epoch}/{epochs} loss {loss:.4f} hr@{config.top_k} {hit_ratio:.4f} "
                   f"(valid) {time.perf_counter() - started:.1f}s", flush=True)
     model.eval()
     result = _report(model.score_all_items, split, negatives, config, device)

@@ -25,7 +25,8 @@ def load_config(args: argparse.Namespace) -> RunConfig:
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a scenario TOML (e.g. simulations/configs/quick.toml)")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting (repeatable)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override one setting (repeatable)")
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -55,7 +56,8 @@ def cmd_centralized(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedrec", description="Federated, privacy-preserving recommendation")
+    parser = argparse.ArgumentParser(prog="fedrec",
+                                     description="Federated, privacy-preserving recommendation")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run the federated main job on Flower's Simulation Engine")
     _add_config_args(sim)

@@ -1,0 +1,113 @@
+"""Specification of shared/ledger.py: ε of a store's (or the federation's) whole life, from its history."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from shared.ledger import LedgerError, PrivacyLedger, merged_history, noise_for_target
+
+DELTA = 1e-5
+HISTORY = [(1, 1.1, 0.2, 1), (2, 1.1, 0.2, 1), (3, 0.9, 0.1, 5)]  # round, σ, q, steps
+
+
+def ledger() -> PrivacyLedger:
+    book = PrivacyLedger(delta=DELTA)
+    for round_, sigma, q, steps in HISTORY:
+        book.record(round_, sigma, q, steps)
+    return book
+
+
+def one_accountant_epsilon(history: list[tuple[int, float, float, int]]) -> float:
+    accountant = RDPAccountant()
+    for _, sigma, q, steps in history:
+        for _ in range(steps):
+            accountant.step(noise_multiplier=sigma, sample_rate=q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(accountant.get_epsilon(delta=DELTA))
+
+
+def test_epsilon_equals_one_accountant_fed_the_whole_history() -> None:
+    assert ledger().epsilon() == pytest.approx(one_accountant_epsilon(HISTORY), rel=1e-12)
+
+
+def test_epsilon_is_less_than_the_sum_of_per_round_epsilons() -> None:
+    per_round = sum(one_accountant_epsilon([entry]) for entry in HISTORY)
+    assert ledger().epsilon() < 0.8 * per_round  # composing per round would over-report by > 25 %
+
+
+def test_epsilon_grows_with_every_recorded_round() -> None:
+    book = PrivacyLedger(delta=DELTA)
+    seen = [book.epsilon()]
+    for round_, sigma, q, steps in HISTORY:
+        book.record(round_, sigma, q, steps)
+        seen.append(book.epsilon())
+    assert seen[0] == 0.0
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+
+
+def test_rounds_with_equal_noise_and_rate_are_accounted_as_one_entry() -> None:
+    book = ledger()
+    book.record(4, 1.3, 0.3, 2)
+    book.record(5, 0.9, 0.1, 2)
+    assert merged_history(book.entries) == [(1.1, 0.2, 2), (0.9, 0.1, 7), (1.3, 0.3, 2)]
+
+
+def test_projected_epsilon_is_the_next_round_and_records_nothing() -> None:
+    book = ledger()
+    before = book.epsilon()
+    projected = book.projected_epsilon(1.1, 0.2, 1)
+    assert projected == pytest.approx(one_accountant_epsilon([*HISTORY, (4, 1.1, 0.2, 1)]), rel=1e-12)
+    assert projected > before
+    assert book.rounds == [1, 2, 3] and book.epsilon() == before
+
+
+def test_recording_the_same_round_twice_raises() -> None:
+    book = ledger()
+    with pytest.raises(LedgerError, match="round 3 is already in the ledger"):
+        book.record(3, 1.0, 0.1, 1)
+    assert book.rounds == [1, 2, 3]
+
+
+def test_zero_noise_is_infinite_epsilon_and_zero_steps_cost_nothing() -> None:
+    book = PrivacyLedger(delta=DELTA)
+    book.record(1, 1.0, 0.2, 0)
+    assert book.epsilon() == 0.0
+    book.record(2, 0.0, 0.2, 1)
+    assert book.epsilon() == float("inf")
+
+
+def test_json_round_trip_keeps_the_epsilon(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps(ledger().to_json()))
+    loaded = PrivacyLedger.load(path)
+    assert loaded.rounds == [1, 2, 3] and loaded.epsilon() == ledger().epsilon()
+
+
+@pytest.mark.parametrize("contents", ["{not json", '{"delta": 1e-5}',
+                                      '{"delta": 1e-5, "entries": [{"round": 1}]}'])
+def test_an_unreadable_ledger_raises_instead_of_resetting_to_zero(tmp_path: Path, contents: str) -> None:
+    path = tmp_path / "ledger.json"
+    path.write_text(contents)
+    with pytest.raises(LedgerError, match="ledger"):
+        PrivacyLedger.load(path)
+
+
+def test_a_missing_ledger_file_raises(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="refusing to start from zero"):
+        PrivacyLedger.load(tmp_path / "ledger.json")
+
+
+def test_noise_for_target_spends_at_most_the_target_and_nearly_all_of_it() -> None:
+    sigma = noise_for_target(target_epsilon=2.0, delta=DELTA, sample_rate=0.2, steps=15)
+    book = PrivacyLedger(delta=DELTA)
+    for round_ in range(1, 16):
+        book.record(round_, sigma, 0.2, 1)
+    spent = book.epsilon()
+    assert 2.0 - 0.05 <= spent <= 2.0

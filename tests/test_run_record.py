@@ -1,0 +1,79 @@
+"""Specification of server/run_record.py: what a run leaves in its directory, and how a restart resumes it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from server.checkpoint import checkpoint_dir
+from server.optimizer import ServerOptimizer
+from server.run_record import RunRecord
+from shared.config import RunConfig
+
+NAMES = ["w", "b"]
+
+
+def shared(value: float) -> list[np.ndarray]:
+    return [np.full((2, 2), value), np.full(3, value)]
+
+
+def run_round(record: RunRecord, round_: int, optimizer: ServerOptimizer) -> None:
+    """What the strategy does each round: fit noted, checkpoint, then the federated evaluation."""
+    record.note_fit(round_, [{"store": 0, "loss": 0.5}], n_stores=1)
+    record.checkpoint(round_, shared(float(round_)), optimizer)
+    record.note_evaluation(round_, {"test/hr@10": round_ / 10, "test/users": 30.0}, loss=0.5, seconds=1.0)
+
+
+def test_resume_continues_after_the_last_checkpoint_with_the_full_history(
+        make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
+    optimizer = ServerOptimizer("sgd", 1.0, 0.9)
+    first = RunRecord.open(tmp_path, make_config(num_rounds=2), NAMES)
+    for round_ in (1, 2):
+        run_round(first, round_, optimizer)
+
+    resumed = RunRecord.open(tmp_path, make_config(num_rounds=5), NAMES)
+
+    assert resumed.resumed_from is not None and resumed.completed_round == 2 and resumed.planned_rounds == 3
+    np.testing.assert_array_equal(resumed.resumed_from.shared[0], np.full((2, 2), 2.0))
+    # round 2's evaluation came after round 2's checkpoint and must not be lost
+    assert [entry["round"] for entry in resumed.history] == [1, 2]
+    assert resumed.history[-1]["test/hr@10"] == 0.2
+
+
+def test_resume_from_an_older_checkpoint_drops_the_rounds_after_it(
+        make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
+    optimizer = ServerOptimizer("sgd", 1.0, 0.9)
+    first = RunRecord.open(tmp_path, make_config(num_rounds=3), NAMES)
+    for round_ in (1, 2, 3):
+        run_round(first, round_, optimizer)
+    (checkpoint_dir(tmp_path) / "round-0003.npz").rename(tmp_path / "round-0003.npz.corrupt")  # moved aside
+
+    resumed = RunRecord.open(tmp_path, make_config(num_rounds=3), NAMES)
+
+    assert resumed.completed_round == 2 and resumed.planned_rounds == 1
+    assert [entry["round"] for entry in resumed.history] == [1, 2]
+
+
+def test_a_run_that_reached_num_rounds_plans_nothing(make_config: Callable[..., RunConfig],
+                                                      tmp_path: Path) -> None:
+    record = RunRecord.open(tmp_path, make_config(num_rounds=1), NAMES)
+    run_round(record, 1, ServerOptimizer("sgd", 1.0, 0.9))
+    assert RunRecord.open(tmp_path, make_config(num_rounds=1), NAMES).planned_rounds == 0
+
+
+def test_finish_writes_model_summary_and_ledger(make_config: Callable[..., RunConfig],
+                                                 tmp_path: Path) -> None:
+    record = RunRecord.open(tmp_path, make_config(num_rounds=1), NAMES)
+    run_round(record, 1, ServerOptimizer("sgd", 1.0, 0.9))
+    summary = record.finish(shared(1.0), "completed")
+    assert summary["rounds"] == 1 and summary["clients"] == 1 and summary["hr@10"] == 0.1
+    assert summary["users"] == 30.0 and summary["status"] == "completed"
+    assert summary["run_dir"] == str(tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    with np.load(tmp_path / "model.npz") as model:
+        assert model.files == NAMES
+    assert json.loads((tmp_path / "ledger.json").read_text())["privacy_unit"] == "none"
+    assert json.loads((tmp_path / "config.json").read_text())["num-rounds"] == 1
