@@ -17,7 +17,7 @@ from client.store import StoreClient, StoreData, store_data
 from shared.config import RunConfig, from_mapping
 from shared.data import load_dataset
 from shared.split import leave_one_out, sampled_negatives
-from shared.workload import NUM_EVAL_NEGATIVES
+from shared.workload import NUM_EVAL_NEGATIVES, catalog_features
 
 SECAGG_RECORD = "secaggplus_configs"
 
@@ -26,8 +26,10 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
     config = config or from_mapping(dict(context.run_config))
     node = context.node_config
     if "data-dir" in node:  # a partner site: its own data, all of it
-        split = leave_one_out(load_dataset(str(node["data-dir"])))
-        data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES))
+        dataset = load_dataset(str(node["data-dir"]))
+        split = leave_one_out(dataset)
+        data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES),
+                         catalog_features(config, dataset))
         store = int(node.get("store", 0))
     else:
         store = int(node["partition-id"])

@@ -20,9 +20,9 @@ from client.trainers import LocalUpdate, train_store
 from shared.config import RunConfig
 from shared.device import pick_device
 from shared.evaluation import HeldOut, evaluate
-from shared.model import PRIVATE_PARAMETERS, ModelShape, NeuMF, set_shared
+from shared.model import PRIVATE_PARAMETERS, NeuMF, set_shared
 from shared.split import Split
-from shared.workload import load_workload, users_of_store
+from shared.workload import catalog_features, load_workload, model_shape, users_of_store
 
 ROUND_KEY = "round"
 RUN_DIR_KEY = "run-dir"
@@ -36,6 +36,7 @@ class StoreData:
 
     split: Split
     negatives: np.ndarray
+    features: np.ndarray | None = None  # public catalog text embeddings (text/hybrid item towers)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -45,7 +46,7 @@ class StoreData:
 def store_data(config: RunConfig, store: int) -> StoreData:
     workload = load_workload(config)
     users = users_of_store(config, store)
-    return StoreData(workload.split.subset(users), workload.negatives[users])
+    return StoreData(workload.split.subset(users), workload.negatives[users], catalog_features(config))
 
 
 class PrivateTensorLeak(RuntimeError):
@@ -59,7 +60,8 @@ class StoreClient(NumPyClient):
         self.data = data
         self.state_dir = state_dir
         self.device = pick_device(config)
-        self.shape = ModelShape.from_config(config, data.split.n_items)
+        self.shape = model_shape(config, data.split.n_items, data.features)
+        self.features = None if data.features is None else torch.as_tensor(data.features)
 
     # -- state ---------------------------------------------------------------------------------------------
     def _directory(self, config: dict[str, Any]) -> Path:
@@ -72,7 +74,7 @@ class StoreClient(NumPyClient):
 
     def _model(self, parameters: list[np.ndarray], state: StoreState) -> NeuMF:
         torch.manual_seed(self.config.seed * 1_000_003 + self.store)
-        model = NeuMF(self.data.split.n_users, self.shape)
+        model = NeuMF(self.data.split.n_users, self.shape, self.features)
         set_shared(model, parameters)
         if state.embeddings is not None:
             params = dict(model.named_parameters())

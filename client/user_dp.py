@@ -32,7 +32,7 @@ from shared.privacy import federation_noise_multiplier, noise_shares
 from shared.split import Split
 from shared.training import TrainPairs, TrainSettings, train_pointwise
 
-EMBEDDING_SUFFIX = "_item.weight"
+ROW_TABLE_SUFFIXES = ("_item.weight", "item_bias.weight")  # per-item tables: sparse, row-wise signal
 
 
 def user_level_round(
@@ -116,7 +116,7 @@ def local_user_runs(
     lr = {
         n: (
             config.user_learning_rate
-            if (n in PRIVATE_PARAMETERS or n.endswith(EMBEDDING_SUFFIX))
+            if (n in PRIVATE_PARAMETERS or n.endswith(ROW_TABLE_SUFFIXES))
             else config.user_dense_learning_rate
         )
         for n in local

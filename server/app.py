@@ -19,8 +19,8 @@ from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from server.strategy import FedRecStrategy, RoundFailed
 from shared.config import ConfigError, RunConfig, from_mapping
-from shared.model import ModelShape, NeuMF, initial_shared, shared_names
-from shared.workload import load_workload, number_of_stores
+from shared.model import NeuMF, initial_shared, shared_names
+from shared.workload import catalog_features, load_workload, model_shape, number_of_stores
 
 log = logging.getLogger("fedrec.server")
 RUNS_ROOT = Path("runs")
@@ -47,7 +47,7 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     population = config.population or workload.split.n_users
     check_privacy_config(config, population, len(workload.split.train_users))
     num_stores = number_of_stores(config)
-    shape = ModelShape.from_config(config, workload.split.n_items)
+    shape = model_shape(config, workload.split.n_items, catalog_features(config))
     run_dir = new_run_dir(config, context.run_id)
     record = RunRecord.open(run_dir, config, shared_names(NeuMF(1, shape)))
     if record.resumed_from is not None:

@@ -44,6 +44,8 @@ class RunConfig:
     gmf_dim: int = field(metadata=_rule(low=1))
     mlp_dim: int = field(metadata=_rule(low=1))
     mlp_layers: str
+    item_tower: str = field(metadata=_rule(choices=("id", "text", "hybrid")))
+    text_encoder: str
     top_k: int = field(metadata=_rule(low=1))
     server_optimizer: str = field(metadata=_rule(choices=("sgd", "momentum", "adam")))
     server_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))

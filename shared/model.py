@@ -24,29 +24,63 @@ PRIVATE_PARAMETERS = ("gmf_user.weight", "mlp_user.weight")
 EMBEDDING_INIT_STD = 0.01  # NCF's reference initialisation N(0, 0.01)
 
 
+ITEM_TOWERS = ("id", "text", "hybrid")
+
+
 @dataclass(frozen=True)
 class ModelShape:
     n_items: int
     gmf_dim: int
     mlp_dim: int
     hidden: tuple[int, ...]
+    item_tower: str = "id"
+    feature_dim: int = 0
 
     @classmethod
-    def from_config(cls, config: RunConfig, n_items: int) -> ModelShape:
+    def from_config(cls, config: RunConfig, n_items: int, feature_dim: int = 0) -> ModelShape:
         return cls(n_items=n_items, gmf_dim=config.gmf_dim, mlp_dim=config.mlp_dim,
-                   hidden=config.hidden_layers)
+                   hidden=config.hidden_layers, item_tower=config.item_tower, feature_dim=feature_dim)
+
+    @property
+    def uses_ids(self) -> bool:
+        return self.item_tower in ("id", "hybrid")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.item_tower in ("text", "hybrid")
 
 
 class NeuMF(nn.Module):
-    """NeuMF over ``n_users`` local users; the item side is the whole catalog."""
+    """NeuMF over ``n_users`` local users; the item side is the whole catalog.
 
-    def __init__(self, n_users: int, shape: ModelShape) -> None:
+    Item towers: ``id`` — NeuMF's item embeddings; ``text`` — item vectors are a shared linear projection of
+    fixed public text embeddings of the catalog (``item_features``, e.g. MiniLM) plus a per-item bias for
+    popularity, so the shared part is small and every user's data trains all of it (what DP noise needs);
+    ``hybrid`` — the projection plus ID embeddings as a residual.
+    """
+
+    def __init__(self, n_users: int, shape: ModelShape, item_features: torch.Tensor | None = None) -> None:
         super().__init__()
         self.shape = shape
         self.gmf_user = nn.Embedding(n_users, shape.gmf_dim)
         self.mlp_user = nn.Embedding(n_users, shape.mlp_dim)
-        self.gmf_item = nn.Embedding(shape.n_items, shape.gmf_dim)
-        self.mlp_item = nn.Embedding(shape.n_items, shape.mlp_dim)
+        if shape.uses_ids:
+            self.gmf_item = nn.Embedding(shape.n_items, shape.gmf_dim)
+            self.mlp_item = nn.Embedding(shape.n_items, shape.mlp_dim)
+            nn.init.normal_(self.gmf_item.weight, std=EMBEDDING_INIT_STD)
+            nn.init.normal_(self.mlp_item.weight, std=EMBEDDING_INIT_STD)
+        if shape.uses_text:
+            if item_features is None:
+                item_features = torch.zeros(shape.n_items, shape.feature_dim)
+            if tuple(item_features.shape) != (shape.n_items, shape.feature_dim):
+                raise ValueError(f"item_features: expected {(shape.n_items, shape.feature_dim)}, "
+                                 f"got {tuple(item_features.shape)}")
+            self.register_buffer("item_features", item_features.float())
+            self.gmf_item_proj = nn.Linear(shape.feature_dim, shape.gmf_dim, bias=False)
+            self.mlp_item_proj = nn.Linear(shape.feature_dim, shape.mlp_dim, bias=False)
+        if shape.item_tower == "text":
+            self.item_bias = nn.Embedding(shape.n_items, 1)
+            nn.init.zeros_(self.item_bias.weight)
         layers: list[nn.Module] = []
         width = 2 * shape.mlp_dim
         for size in shape.hidden:
@@ -54,16 +88,32 @@ class NeuMF(nn.Module):
             width = size
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(shape.gmf_dim + width, 1)
-        for emb in (self.gmf_user, self.mlp_user, self.gmf_item, self.mlp_item):
+        for emb in (self.gmf_user, self.mlp_user):
             nn.init.normal_(emb.weight, std=EMBEDDING_INIT_STD)
+
+    def item_vectors(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (GMF, MLP) item representations of ``items``."""
+        gmf = mlp = None
+        if self.shape.uses_text:
+            features = nn.functional.embedding(items, self.item_features)
+            gmf, mlp = self.gmf_item_proj(features), self.mlp_item_proj(features)
+        if self.shape.uses_ids:
+            gmf = self.gmf_item(items) if gmf is None else gmf + self.gmf_item(items)
+            mlp = self.mlp_item(items) if mlp is None else mlp + self.mlp_item(items)
+        assert gmf is not None and mlp is not None
+        return gmf, mlp
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits for (user, item) pairs; ``users`` and ``items`` broadcast against each other."""
         users, items = torch.broadcast_tensors(users, items)
-        gmf = self.gmf_user(users) * self.gmf_item(items)
-        mlp_in = torch.cat([self.mlp_user(users), self.mlp_item(items)], dim=-1)
+        gmf_item, mlp_item = self.item_vectors(items)
+        gmf = self.gmf_user(users) * gmf_item
+        mlp_in = torch.cat([self.mlp_user(users), mlp_item], dim=-1)
         fused = torch.cat([gmf, self.mlp(mlp_in)], dim=-1)
-        return self.out(fused).squeeze(-1)
+        logits = self.out(fused).squeeze(-1)
+        if self.shape.item_tower == "text":
+            logits = logits + self.item_bias(items).squeeze(-1)
+        return logits
 
     @torch.no_grad()
     def score_all_items(self, users: torch.Tensor) -> torch.Tensor:

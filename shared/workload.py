@@ -15,6 +15,7 @@ import numpy as np
 from shared.config import ConfigError, RunConfig
 from shared.data import Dataset, load_dataset
 from shared.datasets import movielens_100k
+from shared.model import ModelShape
 from shared.partition import partition_users
 from shared.split import Split, leave_one_out, sampled_negatives
 
@@ -45,6 +46,29 @@ def _load(directory: str, eval_seed: int) -> Workload:
     dataset = load_dataset(directory)
     split = leave_one_out(dataset)
     return Workload(dataset, split, sampled_negatives(split, eval_seed, NUM_EVAL_NEGATIVES))
+
+
+@functools.lru_cache(maxsize=4)
+def _features(directory: str, eval_seed: int, encoder: str) -> np.ndarray:
+    from shared.text_encoder import encode_catalog
+
+    dataset = _load(directory, eval_seed).dataset
+    return encode_catalog([dataset.item_text(i) for i in range(dataset.n_items)], encoder)
+
+
+def catalog_features(config: RunConfig, dataset: Dataset | None = None) -> np.ndarray | None:
+    """Text embeddings of the catalog when the item tower uses them (public: every side may compute them)."""
+    if config.item_tower == "id":
+        return None
+    if dataset is not None:
+        from shared.text_encoder import encode_catalog
+
+        return encode_catalog([dataset.item_text(i) for i in range(dataset.n_items)], config.text_encoder)
+    return _features(str(dataset_directory(config.dataset)), config.eval_seed, config.text_encoder)
+
+
+def model_shape(config: RunConfig, n_items: int, features: np.ndarray | None) -> ModelShape:
+    return ModelShape.from_config(config, n_items, 0 if features is None else int(features.shape[1]))
 
 
 def load_workload(config: RunConfig) -> Workload:

@@ -17,10 +17,10 @@ from shared.config import RunConfig
 from shared.device import pick_device
 from shared.evaluation import evaluate
 from shared.metrics import catalog_coverage, mean_metrics
-from shared.model import ModelShape, NeuMF
+from shared.model import NeuMF
 from shared.split import Split
 from shared.training import TrainPairs, TrainSettings, train_pointwise
-from shared.workload import load_workload
+from shared.workload import catalog_features, load_workload, model_shape
 
 
 def _report(score_all_items: Any, split: Split, negatives: np.ndarray, config: RunConfig,
@@ -38,7 +38,9 @@ def train_centralized(config: RunConfig, epochs: int, verbose: bool = True) -> d
     workload = load_workload(config)
     split, negatives = workload.split, workload.negatives
     torch.manual_seed(config.seed)
-    model = NeuMF(split.n_users, ModelShape.from_config(config, split.n_items)).to(device)
+    features = catalog_features(config)
+    shape = model_shape(config, split.n_items, features)
+    model = NeuMF(split.n_users, shape, None if features is None else torch.as_tensor(features)).to(device)
     pairs, rng = TrainPairs(split), np.random.default_rng(config.seed)
     settings = TrainSettings(1, config.batch_size, config.learning_rate, config.num_negatives)
     curve = []
