@@ -41,11 +41,19 @@ def check_privacy_config(config: RunConfig, population: int, interactions: int) 
                           f"(N = {units} {'users' if config.privacy == 'user' else 'interactions'})")
 
 
-def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
-    """Run (or resume) the federation to ``num-rounds``; returns the summary (also run_dir/summary.json)."""
+def checked_population(config: RunConfig) -> int:
+    """N of user-level DP-FedAvg (``population``, or the dataset's users), once δ passed
+    ``check_privacy_config``; ``simulate`` calls it too, so a bad δ fails before Ray starts."""
     workload = load_workload(config)
     population = config.population or workload.split.n_users
     check_privacy_config(config, population, len(workload.split.train_users))
+    return population
+
+
+def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
+    """Run (or resume) the federation to ``num-rounds``; returns the summary (also run_dir/summary.json)."""
+    workload = load_workload(config)
+    population = checked_population(config)
     num_stores = number_of_stores(config)
     shape = model_shape(config, workload.split.n_items, catalog_features(config))
     run_dir = new_run_dir(config, context.run_id)

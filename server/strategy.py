@@ -83,6 +83,8 @@ class FedRecStrategy(FedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         self._round_started = time.perf_counter()
         round_ = self.global_round(server_round)
+        if self.budget_stop:  # the workflow still calls every planned round; the first refusal stands
+            return []
         if self.config.privacy == "user":
             sigma = federation_noise_multiplier(self.config)
             projected = self.record.federation_ledger.projected_epsilon(

@@ -95,7 +95,8 @@ class NeuMF(nn.Module):
         """The (GMF, MLP) item representations of ``items``."""
         gmf = mlp = None
         if self.shape.uses_text:
-            features = nn.functional.embedding(items, self.item_features)
+            table: torch.Tensor = self.item_features  # type: ignore[assignment]
+            features = nn.functional.embedding(items, table)
             gmf, mlp = self.gmf_item_proj(features), self.mlp_item_proj(features)
         if self.shape.uses_ids:
             gmf = self.gmf_item(items) if gmf is None else gmf + self.gmf_item(items)

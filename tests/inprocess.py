@@ -1,10 +1,11 @@
 """Run the real ServerApp workflow against the real ClientApp in this process, without Ray.
 
-``InProcessGrid`` is a Flower ``Grid`` whose nodes are ClientApp calls in the test's own process: every message
-the workflow sends (plain FedAvg fit/evaluate, or each SecAgg+ stage) goes through the ClientApp with its mods,
-exactly as the Simulation Engine would hand it to a Ray actor, and a ClientApp exception comes back as an error
-reply the way the engine reports it. Node ``i`` is store ``i`` (``partition-id``) with its own persistent
-``context.state``. This makes whole-run specifications (ledger.json, budget stop, what leaves a store) fast.
+``InProcessGrid`` is a Flower ``Grid`` whose nodes are ClientApp calls in the test's own process: every
+message the workflow sends (plain FedAvg fit/evaluate, or each SecAgg+ stage) goes through the ClientApp with
+its mods, as the Simulation Engine would hand it to a Ray actor, and a ClientApp exception comes back as an
+error reply the way the engine reports it. Node ``i`` is store ``i`` (``partition-id``) with its own
+persistent ``context.state``. This makes whole-run specifications (ledger.json, budget stop, what leaves a
+store) fast.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.client import ClientApp
-from flwr.serverapp.grid import Grid
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -39,7 +40,7 @@ class InProcessGrid(Grid):
                                       state=RecordDict(), run_config={})
             for i in range(num_nodes)
         }
-        self.replies: list[Message] = []  # every reply a node sent, in order
+        self.replies: list[Message] = []  # a copy of every reply a node sent, in order
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -74,7 +75,7 @@ class InProcessGrid(Grid):
                                 reply_to=message)
             reply.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             replies.append(reply)
-        self.replies += replies
+            self.replies.append(copy.deepcopy(reply))  # as sent: the workflow pops the arrays it reads
         return replies
 
 

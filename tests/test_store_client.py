@@ -13,6 +13,7 @@ import client.store as store_module
 from client.state import EMBEDDINGS_FILE, LEDGER_FILE, StoreState
 from client.store import StoreClient, store_data
 from shared.config import RunConfig
+from shared.ledger import LedgerError
 from shared.model import PRIVATE_PARAMETERS, ModelShape, initial_shared, private_shapes, shared_shapes
 
 STORE = 1
@@ -123,3 +124,15 @@ def test_a_store_never_sends_its_whole_parameters(make_config: Callable[..., Run
                                                    tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="server owns the initial shared parameters"):
         store_client(make_config(), tmp_path / "state").get_parameters({})
+
+
+@pytest.mark.parametrize(("contents", "message"), [
+    ('{"delta": 1e-05, "entries": [{"round": 1', "refusing to start from zero"),       # truncated JSON
+    ('{"delta": 1e-05, "entries": [{"round": 1}]}', "not a valid privacy ledger"),     # entry without σ, q
+])
+def test_a_ledger_file_that_does_not_parse_is_an_error_never_a_fresh_ledger(tmp_path: Path, contents: str,
+                                                                            message: str) -> None:
+    (tmp_path / LEDGER_FILE).write_text(contents)
+    with pytest.raises(LedgerError, match=message):
+        StoreState.load(tmp_path, np.array(["1", "4"]), 1e-5)
+    assert (tmp_path / LEDGER_FILE).read_text() == contents  # left for a person to look at

@@ -1,0 +1,65 @@
+"""Steady-state round time: plain FedAvg vs SecAgg+ vs user-level DP (+SecAgg+), at 10 and 50 stores.
+
+Each setting runs the real Flower simulation for a few rounds; round 1 (Ray and actor start-up) is dropped and
+the median of the remaining rounds is reported, with each ratio taken against the plain run at the same store
+count — all in this process, back to back. Ends with one JSON line.
+
+    .venv/bin/python -m simulations.benchmarks.round_overhead [--stores 10 50] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from shared.config import from_mapping, parse_assignment
+from simulations.simulate import simulate
+
+SETTINGS = {
+    "plain": {"privacy": "none", "secagg": False},
+    "secagg": {"privacy": "none", "secagg": True},
+    "user-dp": {"privacy": "user", "secagg": False},
+    "user-dp+secagg": {"privacy": "user", "secagg": True},
+}
+
+
+def steady_round_seconds(run_dir: str) -> float:
+    history = json.loads((Path(run_dir) / "metrics.json").read_text())
+    seconds = [h["seconds"] for h in history if "seconds" in h][1:]
+    return statistics.median(seconds)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stores", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    extra = dict(parse_assignment(a) for a in args.set)
+    result: dict[str, Any] = {"benchmark": "round_overhead", "rounds": args.rounds, "overrides": extra}
+    for stores in args.stores:
+        partition = {"partition": "iid", "num-stores": stores}
+        shares = min(stores, 10)
+        secagg = {"secagg-num-shares": shares, "secagg-reconstruction-threshold": shares - 2,
+                  "noise-share-stores": shares - 2}
+        times = {}
+        for name, setting in SETTINGS.items():
+            config = from_mapping({**partition, **secagg, **setting, "num-rounds": args.rounds,
+                                   "sigma-from-target": False, "noise-multiplier": 1.0, **extra})
+            times[name] = steady_round_seconds(simulate(config)["run_dir"])
+            print(f"{stores} stores {name:<15} {times[name]:.2f} s/round", flush=True)
+        result[f"{stores}_stores"] = {
+            "seconds": times,
+            "secagg_over_plain": times["secagg"] / times["plain"],
+            "user_dp_over_plain": times["user-dp"] / times["plain"],
+            "user_dp_secagg_over_user_dp": times["user-dp+secagg"] / times["user-dp"],
+        }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
