@@ -98,6 +98,7 @@ class StoreClient(NumPyClient):
         state.embeddings = {_file_key(n): p.detach().cpu().numpy() for n, p in model.named_parameters()
                             if n in PRIVATE_PARAMETERS}
         self._refuse_private(update.arrays, state.embeddings)
+        self._refuse_out_of_range(update.arrays)
         state.save()  # ledger (and embeddings) on disk before anything leaves the store
         metrics: dict[str, Any] = {"store": self.store, "loss": update.loss,
                                    "epsilon": state.ledger.epsilon(),
@@ -119,6 +120,15 @@ class StoreClient(NumPyClient):
             metrics.update({prefix + k: v for k, v in sums.items()})
         users = int(metrics["test/users"])
         return 0.0, users, metrics
+
+    def _refuse_out_of_range(self, arrays: list[np.ndarray]) -> None:
+        """SecAgg+ silently clips every value to ±secagg-clipping-range; a store never lets that bias the sum."""
+        if not self.config.secagg:
+            return
+        peak = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0)
+        if not peak <= self.config.secagg_clipping_range:
+            raise ValueError(f"update value {peak:.4g} exceeds secagg-clipping-range "
+                             f"{self.config.secagg_clipping_range}; raise it (SecAgg+ would clip silently)")
 
     @staticmethod
     def _refuse_private(arrays: list[np.ndarray], private: dict[str, np.ndarray]) -> None:

@@ -286,8 +286,9 @@ def test_secagg_and_plain_runs_agree_within_quantization_error(make_config: Call
     # Round 1 starts from the same parameters: the models differ by SecAgg+'s quantization alone.
     assert max_abs_difference(models[True][0], models[False][0]) < STORES * step + 1e-7
     # Round 2 trains from start points that already differ, and local Adam training can amplify that a few
-    # times (measured: up to 9.8 levels over 8 seeds, against 2 rounds × 3 stores = 6 levels of quantization).
-    assert max_abs_difference(models[True][1], models[False][1]) < 1e-4
+    # times (measured: up to 9.8 levels over 8 seeds, against 2 rounds × 3 stores = 6 levels of quantization);
+    # the bound allows 20× the quantization of both rounds.
+    assert max_abs_difference(models[True][1], models[False][1]) < 20 * 2 * STORES * step
 
 
 def test_quantization_error_is_far_below_the_dp_noise_at_default_settings() -> None:
@@ -297,7 +298,8 @@ def test_quantization_error_is_far_below_the_dp_noise_at_default_settings() -> N
     stores = max(config.num_stores, config.secagg_num_shares)
     quantization = stores * quantization_step(config)     # per coordinate of the stores' sum, per round
     noise_std = sigma * config.clipping_norm                # per coordinate of the same sum
-    assert quantization < noise_std / 1000
+    # 742x at the defaults (range 256, 2^22 levels, 10 stores); the range must hold a store's whole sum
+    assert quantization < noise_std / 500
     share_std = noise_std / math.sqrt(noise_shares(config))  # one store's noise share stays within the range
     assert 10 * share_std < config.secagg_clipping_range
 
