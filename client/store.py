@@ -122,7 +122,7 @@ class StoreClient(NumPyClient):
         return 0.0, users, metrics
 
     def _refuse_out_of_range(self, arrays: list[np.ndarray]) -> None:
-        """SecAgg+ silently clips every value to ±secagg-clipping-range; a store never lets that bias the sum."""
+        """SecAgg+ silently clips values to ±secagg-clipping-range; a store never lets that bias the sum."""
         if not self.config.secagg:
             return
         peak = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0)
