@@ -24,7 +24,7 @@ GENRES = ("Action", "Comedy", "Drama")
 TINY_SEED = 7
 
 # Small model: shared shapes (120, 4), (120, 8), (16, 16), (16,), (8, 16), (8,), (1, 12), (1,).
-TINY_MODEL: dict[str, Any] = {"gmf-dim": 4, "mlp-dim": 8, "mlp-layers": "16,8"}
+TINY_MODEL: dict[str, Any] = {"gmf-dim": 4, "mlp-dim": 8, "mlp-layers": "16,8", "item-tower": "id"}
 
 
 def write_tiny_dataset(directory: Path, seed: int = TINY_SEED) -> Path:
@@ -66,7 +66,8 @@ def tiny_config(data_dir: Path, **overrides: Any) -> RunConfig:
     values: dict[str, Any] = {
         "dataset": str(data_dir), "partition": "stores-file", "num-stores": len(TINY_STORES),
         "num-rounds": 2, "batch-size": 64, "learning-rate": 0.01, "torch-threads": 1, "device": "cpu",
-        "privacy": "none", "secagg": False, **TINY_MODEL,
+        "privacy": "none", "secagg": False, "server-optimizer": "sgd", "server-learning-rate": 1.0,
+        **TINY_MODEL,
     }
     values.update({key.replace("_", "-"): value for key, value in overrides.items()})
     return from_mapping(values)
