@@ -62,6 +62,7 @@ class FedRecStrategy(FedAvg):
             min_available_clients=num_stores,
             initial_parameters=ndarrays_to_parameters(shared),
             accept_failures=True,
+            fit_metrics_aggregation_fn=_no_metrics,  # the stores' metrics are recorded per store in RunRecord
         )
         self.config = config
         self.record = record
@@ -207,6 +208,10 @@ def aggregate_store_metrics(store_metrics: list[dict[str, Any]]) -> dict[str, fl
                     sums[key[len(prefix) :]] = sums.get(key[len(prefix) :], 0.0) + float(value)
         out.update({prefix + key: value for key, value in mean_metrics(sums).items()})
     return out
+
+
+def _no_metrics(_: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    return {}
 
 
 def _failure_reason(

@@ -96,8 +96,12 @@ class NeuMF(nn.Module):
         gmf = mlp = None
         if self.shape.uses_text:
             table: torch.Tensor = self.item_features  # type: ignore[assignment]
-            features = nn.functional.embedding(items, table)
-            gmf, mlp = self.gmf_item_proj(features), self.mlp_item_proj(features)
+            if items.numel() > self.shape.n_items:  # many pairs: project the catalog once, then look up
+                gmf = nn.functional.embedding(items, self.gmf_item_proj(table))
+                mlp = nn.functional.embedding(items, self.mlp_item_proj(table))
+            else:
+                features = nn.functional.embedding(items, table)
+                gmf, mlp = self.gmf_item_proj(features), self.mlp_item_proj(features)
         if self.shape.uses_ids:
             gmf = self.gmf_item(items) if gmf is None else gmf + self.gmf_item(items)
             mlp = self.mlp_item(items) if mlp is None else mlp + self.mlp_item(items)
