@@ -20,12 +20,11 @@ from client.trainers import LocalUpdate, train_store
 from shared.config import RunConfig
 from shared.device import pick_device
 from shared.evaluation import HeldOut, evaluate
+from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.model import PRIVATE_PARAMETERS, NeuMF, set_shared
 from shared.split import Split
 from shared.workload import catalog_features, load_workload, model_shape, users_of_store
 
-ROUND_KEY = "round"
-RUN_DIR_KEY = "run-dir"
 EVAL_SPLITS: tuple[HeldOut, ...] = ("valid", "test")
 EVAL_PREFIXES = ("valid/", "test/")
 
@@ -93,8 +92,9 @@ class StoreClient(NumPyClient):
         state = StoreState.load(self._directory(config), self.data.user_ids, self.config.delta)
         model = self._model(parameters, state)
         rng = np.random.default_rng([self.config.seed, round_, self.store])
+        announced = config.get(NOISE_KEY)
         update: LocalUpdate = train_store(model, self.data.split, self.config, state.ledger, round_, rng,
-                                          self.device)
+                                          self.device, None if announced is None else float(announced))
         state.embeddings = {_file_key(n): p.detach().cpu().numpy() for n, p in model.named_parameters()
                             if n in PRIVATE_PARAMETERS}
         self._refuse_private(update.arrays, state.embeddings)

@@ -32,11 +32,13 @@ class LocalUpdate:
 
 
 def train_store(model: NeuMF, split: Split, config: RunConfig, ledger: PrivacyLedger, round_: int,
-                rng: np.random.Generator, device: torch.device) -> LocalUpdate:
+                rng: np.random.Generator, device: torch.device, noise_multiplier: float | None = None
+                ) -> LocalUpdate:
     if config.privacy == "user":
         from client.user_dp import user_level_round
 
-        return user_level_round(model, split, config, ledger, round_, rng, device)
+        return user_level_round(model, split, config, ledger, round_, rng, device,
+                                noise_multiplier=noise_multiplier)
     if config.privacy == "interaction":
         from client.record_dp import record_level_round
 

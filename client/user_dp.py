@@ -44,9 +44,12 @@ def user_level_round(
     rng: np.random.Generator,
     device: torch.device,
     noise_generator: torch.Generator | None = None,
+    noise_multiplier: float | None = None,
 ) -> LocalUpdate:
     """One store round of user-level DP-FedAvg; records the round in ``ledger`` (budget checked first)."""
-    sigma = federation_noise_multiplier(config)
+    # σ as the server announced it (saves every store the calibration), else calibrated here; either way the
+    # budget check below is the store's own, so a lowered σ makes the store refuse rather than under-noise.
+    sigma = federation_noise_multiplier(config) if noise_multiplier is None else noise_multiplier
     q = config.user_sample_rate
     projected = ledger.projected_epsilon(sigma, q, 1)
     if projected > config.target_epsilon:

@@ -31,13 +31,12 @@ from flwr.server.strategy import FedAvg
 from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from shared.config import RunConfig
+from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.metrics import mean_metrics
 from shared.privacy import federation_noise_multiplier, noise_shares
 
 log = logging.getLogger("fedrec.server")
 
-ROUND_KEY = "round"
-RUN_DIR_KEY = "run-dir"
 
 
 class RoundFailed(RuntimeError):
@@ -100,6 +99,8 @@ class FedRecStrategy(FedAvg):
                 return []
         instructions = super().configure_fit(server_round, parameters, client_manager)
         extra: dict[str, Scalar] = {ROUND_KEY: round_, RUN_DIR_KEY: str(self.record.run_dir)}
+        if self.config.privacy == "user":
+            extra[NOISE_KEY] = federation_noise_multiplier(self.config)
         return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
 
     def aggregate_fit(
