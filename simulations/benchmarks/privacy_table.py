@@ -45,11 +45,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record_overrides = {"privacy": "interaction", "item-tower": "id",
                         **dict(parse_assignment(a) for a in args.record_set)}
     rows = []
-    base = from_mapping({"privacy": "none"})
+    base = from_mapping({"privacy": "none", "item-tower": "id"})  # the reference is NeuMF as published
     rows.append(_mean_row("ItemPop", [item_popularity(base)]))
     central = [train_centralized(base.replace(seed=s), args.central_epochs, verbose=False)
                for s in args.seeds]
     rows.append(_mean_row(f"NeuMF centralized, non-private ({args.central_epochs} epochs)", central))
+    print(json.dumps(rows[-1]), flush=True)
+    text_tower = [train_centralized(base.replace(seed=s, item_tower="text"), args.central_epochs,
+                                    verbose=False) for s in args.seeds]
+    rows.append(_mean_row("NeuMF text tower centralized, non-private", text_tower))
     print(json.dumps(rows[-1]), flush=True)
     for epsilon in args.epsilons:
         runs = [simulate(from_mapping({**user_overrides, "target-epsilon": epsilon, "seed": s}))
