@@ -19,7 +19,7 @@ from client.state import StoreState
 from client.trainers import LocalUpdate, train_store
 from shared.config import RunConfig
 from shared.device import pick_device
-from shared.evaluation import HeldOut, evaluate
+from shared.evaluation import HeldOut, evaluate_held_out
 from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.model import PRIVATE_PARAMETERS, NeuMF, set_shared
 from shared.split import Split
@@ -114,10 +114,10 @@ class StoreClient(NumPyClient):
         model = self._model(parameters, state)
         model.eval()
         metrics: dict[str, float] = {}
+        results = evaluate_held_out(model.score_all_items, self.data.split, self.data.negatives, EVAL_SPLITS,
+                                    self.config.top_k, self.device)
         for which, prefix in zip(EVAL_SPLITS, EVAL_PREFIXES, strict=True):
-            sums, _ = evaluate(model.score_all_items, self.data.split, self.data.negatives, which,
-                               self.config.top_k, self.device)
-            metrics.update({prefix + k: v for k, v in sums.items()})
+            metrics.update({prefix + k: v for k, v in results[which][0].items()})
         users = int(metrics["test/users"])
         return 0.0, users, metrics
 

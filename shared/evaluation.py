@@ -37,7 +37,6 @@ def exclusion_mask(split: Split, users: np.ndarray, which: HeldOut) -> torch.Ten
     return mask
 
 
-@torch.no_grad()
 def evaluate(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Split, negatives: np.ndarray,
              which: HeldOut, k: int, device: torch.device | None = None
              ) -> tuple[dict[str, float], list[np.ndarray]]:
@@ -48,21 +47,35 @@ def evaluate(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Spl
     ``negatives[u]`` are user ``u``'s sampled candidates (PROTOCOL.md); users without a held-out item are
     skipped.
     """
+    return evaluate_held_out(score_all_items, split, negatives, (which,), k, device)[which]
+
+
+@torch.no_grad()
+def evaluate_held_out(score_all_items: Callable[[torch.Tensor], torch.Tensor], split: Split,
+                      negatives: np.ndarray, which: tuple[HeldOut, ...], k: int,
+                      device: torch.device | None = None
+                      ) -> dict[str, tuple[dict[str, float], list[np.ndarray]]]:
+    """``evaluate`` for several held-out items (validation and test) from one scoring pass: the scores of a
+    user do not depend on which item is held out, and scoring every item is the expensive part."""
     device = device or torch.device("cpu")
-    held = held_out_items(split, which)
-    users = np.flatnonzero(held >= 0)
-    sums: dict[str, float] = {USERS_KEY: float(len(users))}
-    tops: list[np.ndarray] = []
+    users = np.flatnonzero(held_out_items(split, which[0]) >= 0)
+    out: dict[str, tuple[dict[str, float], list[np.ndarray]]] = {}
+    for name in which:
+        if not np.array_equal(np.flatnonzero(held_out_items(split, name) >= 0), users):
+            raise ValueError("validation and test items must be held out for the same users")
+        out[name] = ({USERS_KEY: float(len(users))}, [])
     for start in range(0, len(users), EVAL_BATCH_USERS):
         batch = users[start:start + EVAL_BATCH_USERS]
-        user_t = torch.as_tensor(batch, device=device)
-        scores = score_all_items(user_t).float()
-        positive_items = torch.as_tensor(held[batch], device=device)
+        scores = score_all_items(torch.as_tensor(batch, device=device)).float()
         rows = torch.arange(len(batch), device=device)
         neg = torch.as_tensor(negatives[batch], device=device)
-        add_sums(sums, sampled_metric_sums(scores[rows, positive_items], scores.gather(1, neg), k))
-        excluded = exclusion_mask(split, batch, which).to(device)
-        full, top = full_metric_sums(scores, positive_items, excluded, k)
-        add_sums(sums, full)
-        tops.append(top.cpu().numpy())
-    return sums, tops
+        negative_scores = scores.gather(1, neg)
+        for name in which:
+            sums, tops = out[name]
+            positive_items = torch.as_tensor(held_out_items(split, name)[batch], device=device)
+            add_sums(sums, sampled_metric_sums(scores[rows, positive_items], negative_scores, k))
+            excluded = exclusion_mask(split, batch, name).to(device)
+            full, top = full_metric_sums(scores, positive_items, excluded, k)
+            add_sums(sums, full)
+            tops.append(top.cpu().numpy())
+    return out

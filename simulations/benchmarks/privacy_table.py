@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="override for the user-level runs")
     parser.add_argument("--record-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for the record-level runs")
+    parser.add_argument("--eps-set", action="append", default=[], metavar="EPS:KEY=VALUE",
+                        help="override for the user-level run at one ε (settings picked on validation)")
+    parser.add_argument("--text-central", action="store_true", help="also train the text tower centrally")
     args = parser.parse_args(argv)
     user_overrides = {"privacy": "user", **dict(parse_assignment(a) for a in args.set)}
     record_overrides = {"privacy": "interaction", "item-tower": "id",
@@ -51,13 +54,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                for s in args.seeds]
     rows.append(_mean_row(f"NeuMF centralized, non-private ({args.central_epochs} epochs)", central))
     print(json.dumps(rows[-1]), flush=True)
-    text_tower = [train_centralized(base.replace(seed=s, item_tower="text"), args.central_epochs,
-                                    verbose=False) for s in args.seeds]
-    rows.append(_mean_row("NeuMF text tower centralized, non-private", text_tower))
-    print(json.dumps(rows[-1]), flush=True)
+    if args.text_central:
+        text_tower = [train_centralized(base.replace(seed=s, item_tower="text"), args.central_epochs,
+                                        verbose=False) for s in args.seeds]
+        rows.append(_mean_row("NeuMF text tower centralized, non-private", text_tower))
+        print(json.dumps(rows[-1]), flush=True)
+    per_epsilon: dict[float, dict[str, Any]] = {}
+    for item in args.eps_set:
+        epsilon, assignment = item.split(":", 1)
+        key, value = parse_assignment(assignment)
+        per_epsilon.setdefault(float(epsilon), {})[key] = value
     for epsilon in args.epsilons:
-        runs = [simulate(from_mapping({**user_overrides, "target-epsilon": epsilon, "seed": s}))
-                for s in args.seeds]
+        settings = {**user_overrides, **per_epsilon.get(epsilon, {}), "target-epsilon": epsilon}
+        runs = [simulate(from_mapping({**settings, "seed": s})) for s in args.seeds]
         rows.append(_mean_row(f"user-level DP, ε={epsilon:g}", runs))
         print(json.dumps(rows[-1]), flush=True)
     if args.record_epsilon > 0:
@@ -74,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"| {row['setting']} | {row.get('epsilon', '∞' if 'non-private' in row['setting'] else '-')} | "
               + " | ".join(cells) + " |")
     result = {"benchmark": "privacy_table", "seeds": args.seeds, "user_overrides": user_overrides,
+              "per_epsilon_overrides": {str(k): v for k, v in per_epsilon.items()},
               "record_overrides": record_overrides, "rows": rows}
     print(json.dumps(result))
     return result
