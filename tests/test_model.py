@@ -88,3 +88,18 @@ def test_forward_broadcasts_users_against_items() -> None:
     scores = net.score_all_items(torch.tensor([0, 3]))
     assert scores.shape == (2, 50)
     torch.testing.assert_close(scores[1, 7], net(torch.tensor([3]), torch.tensor([7]))[0])
+
+
+@pytest.mark.parametrize("tower", ["id", "text", "hybrid"])
+def test_score_all_items_equals_forward_on_every_pair(tower: str) -> None:
+    shape = ModelShape(n_items=50, gmf_dim=4, mlp_dim=8, hidden=(16, 8), item_tower=tower,
+                       feature_dim=0 if tower == "id" else 12)
+    torch.manual_seed(0)
+    features = None if tower == "id" else torch.randn(50, 12)
+    model = NeuMF(N_USERS, shape, features).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        expected = model(users[:, None], torch.arange(50)[None, :])
+    torch.testing.assert_close(model.score_all_items(users), expected, rtol=1e-5, atol=1e-5)
