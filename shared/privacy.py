@@ -6,9 +6,13 @@ functions, so they can never disagree on σ or on how the noise is split.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 
+from shared.atomic import write_json_atomic
 from shared.config import RunConfig
+from shared.datasets import data_root
 from shared.ledger import noise_for_target
 
 
@@ -18,9 +22,26 @@ def noise_shares(config: RunConfig) -> int:
     return config.noise_share_stores if config.secagg else 1
 
 
+CALIBRATION_CACHE = "noise-calibration.json"
+
+
 @functools.lru_cache(maxsize=32)
 def _calibrated(target: float, delta: float, sample_rate: float, steps: int) -> float:
-    return noise_for_target(target, delta, sample_rate, steps)
+    """Opacus' binary search costs seconds (RDP at ~150 orders per candidate σ); it is a pure function of its
+    arguments, so its result is also kept on disk and later runs start at once."""
+    path = data_root() / CALIBRATION_CACHE
+    key = json.dumps([target, delta, sample_rate, steps])
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return float(cache[key])
+    sigma = noise_for_target(target, delta, sample_rate, steps)
+    cache[key] = sigma
+    with contextlib.suppress(OSError):  # a read-only data directory only costs the next run the search again
+        write_json_atomic(path, cache)
+    return sigma
 
 
 def federation_noise_multiplier(config: RunConfig) -> float:
