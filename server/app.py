@@ -50,11 +50,20 @@ def checked_population(config: RunConfig) -> int:
     return population
 
 
+def check_secagg_config(config: RunConfig, num_stores: int) -> None:
+    """Flower 1.41's SecAgg+ gives each store ``num_shares`` neighbours on a ring; an even count smaller than
+    the number of stores makes its clients fail with an IndexError at key sharing (and the round halt)."""
+    if config.secagg and config.secagg_num_shares < num_stores and config.secagg_num_shares % 2 == 0:
+        raise ConfigError(f"secagg-num-shares: {config.secagg_num_shares} must be odd when smaller than the "
+                          f"number of stores ({num_stores})")
+
+
 def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     """Run (or resume) the federation to ``num-rounds``; returns the summary (also run_dir/summary.json)."""
     workload = load_workload(config)
     population = checked_population(config)
     num_stores = number_of_stores(config)
+    check_secagg_config(config, num_stores)
     shape = model_shape(config, workload.split.n_items, catalog_features(config))
     run_dir = new_run_dir(config, context.run_id)
     record = RunRecord.open(run_dir, config, shared_names(NeuMF(1, shape)))

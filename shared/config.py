@@ -151,10 +151,10 @@ def validated(config: RunConfig) -> RunConfig:
         if high is not None and (value > high or (rule["high_open"] and value == high)):
             raise ConfigError(f"{key}: {value!r} must be {'<' if rule['high_open'] else '<='} {high}")
     _parse_layers(config.mlp_layers)
-    if config.secagg_reconstruction_threshold > config.secagg_num_shares:
+    if config.secagg_reconstruction_threshold >= config.secagg_num_shares:
         raise ConfigError(
-            f"secagg-reconstruction-threshold: {config.secagg_reconstruction_threshold} exceeds "
-            f"secagg-num-shares ({config.secagg_num_shares}); the sum could never be unmasked"
+            f"secagg-reconstruction-threshold: {config.secagg_reconstruction_threshold} must be below "
+            f"secagg-num-shares ({config.secagg_num_shares}) (Flower's SecAgg+ requires it)"
         )
     threshold = config.secagg_reconstruction_threshold
     if config.secagg and config.privacy == "user" and config.noise_share_stores > threshold:

@@ -157,3 +157,19 @@ def test_configuration_doc_lists_every_key_with_its_default() -> None:
 def test_num_stores_is_not_checked_when_users_csv_names_the_stores(tiny_data: Path) -> None:
     config = tiny_config(tiny_data, partition="stores-file", num_stores=31)  # num-stores is ignored here
     assert store_of_users(config).max() == 2
+
+
+def test_reconstruction_threshold_equal_to_num_shares_is_rejected() -> None:
+    message = config_error(**{"secagg-num-shares": 5, "secagg-reconstruction-threshold": 5,
+                              "noise-share-stores": 5})
+    assert message.startswith("secagg-reconstruction-threshold:")
+
+
+def test_even_share_count_below_the_store_count_is_rejected_naming_the_key() -> None:
+    from server.app import check_secagg_config
+
+    config = from_mapping({"secagg-num-shares": 10, "secagg-reconstruction-threshold": 8})
+    with pytest.raises(ConfigError, match=r"^secagg-num-shares"):
+        check_secagg_config(config, 50)
+    check_secagg_config(config, 10)  # a full graph is fine
+    check_secagg_config(config.replace(secagg_num_shares=11), 50)

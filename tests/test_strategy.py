@@ -93,7 +93,7 @@ def test_round_without_any_result_fails_even_when_failures_are_accepted(
 
 def test_user_level_round_with_fewer_stores_than_noise_shares_fails(make_config: Callable[..., RunConfig],
                                                                     tmp_path: Path) -> None:
-    config = make_config(privacy="user", secagg=True, secagg_num_shares=3, secagg_reconstruction_threshold=3,
+    config = make_config(privacy="user", secagg=True, secagg_num_shares=4, secagg_reconstruction_threshold=3,
                          noise_share_stores=3, sigma_from_target=False, noise_multiplier=1.0)
     fed = strategy(config, tmp_path)
     with pytest.raises(RoundFailed, match="only 2 stores contributed, fewer than noise-share-stores=3"):

@@ -201,7 +201,7 @@ def test_the_noise_share_has_std_sigma_c_over_root_k(make_config: Callable[..., 
     """With no user sampled the update is the store's noise share alone: N(0, (σC)²/K) per coordinate."""
     for secagg in (False, True):
         config = user_config(make_config, noise_multiplier=1.5, clipping_norm=0.4, user_sample_rate=1e-9,
-                             secagg=secagg, secagg_num_shares=3, secagg_reconstruction_threshold=3,
+                             secagg=secagg, secagg_num_shares=4, secagg_reconstruction_threshold=3,
                              noise_share_stores=3)
         model, split = store_model(config)
         update = user_level_round(model, split, config, PrivacyLedger(config.delta), 1,
