@@ -91,6 +91,12 @@ class RunRecord:
             return max((e[-1]["epsilon"] for e in self.store_ledgers.values() if e), default=0.0)
         return float("inf")
 
+    def epsilon_prv(self) -> float | None:
+        """The federation's ε from Opacus' PRV accountant (tighter than RDP), reported beside it."""
+        if self.config.privacy != "user" or not self.federation_ledger.entries:
+            return None
+        return self.federation_ledger.epsilon("prv")
+
     def epsilon_if_seen_alone(self) -> float:
         """The weaker per-store guarantee if one store's update were ever seen alone (σ/√K instead of σ)."""
         if self.config.privacy != "user":
@@ -134,7 +140,8 @@ class RunRecord:
             "auc": last.get("test/auc"), "users": last.get("test/users"),
             "rounds": self.completed_round, "clients": last.get("stores"),
             "seconds": round(time.perf_counter() - self.started, 2), "run_dir": str(self.run_dir),
-            "epsilon": self.epsilon(), "epsilon_if_store_seen_alone": self.epsilon_if_seen_alone(),
+            "epsilon": self.epsilon(), "epsilon_prv": self.epsilon_prv(),
+            "epsilon_if_store_seen_alone": self.epsilon_if_seen_alone(),
             "delta": self.config.delta, "privacy_unit": self.privacy_unit, "secagg": self.config.secagg,
             "status": status,
         }

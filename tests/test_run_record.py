@@ -77,3 +77,16 @@ def test_finish_writes_model_summary_and_ledger(make_config: Callable[..., RunCo
         assert model.files == NAMES
     assert json.loads((tmp_path / "ledger.json").read_text())["privacy_unit"] == "none"
     assert json.loads((tmp_path / "config.json").read_text())["num-rounds"] == 1
+
+
+def test_prv_epsilon_is_reported_beside_rdp_and_is_tighter(tmp_path: Path) -> None:
+    from server.run_record import RunRecord
+    from shared.config import from_mapping
+
+    config = from_mapping({"privacy": "user", "sigma-from-target": False, "noise-multiplier": 1.0,
+                           "user-sample-rate": 0.2})
+    record = RunRecord(tmp_path, config, [])
+    for round_ in (1, 2, 3):
+        record.federation_ledger.record(round_, 1.0, 0.2, 1)
+    rdp, prv = record.epsilon(), record.epsilon_prv()
+    assert prv is not None and 0 < prv < rdp
