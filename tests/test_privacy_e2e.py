@@ -466,9 +466,10 @@ def test_ray_secagg_sum_equals_the_plain_sum_within_quantization_error(
         start = after
     assert max_abs_difference(checkpoint_shared(runs[True][0], 1), checkpoint_shared(runs[False][0], 1)) \
         < bound + 1e-7
-    # The final models: 2 rounds × 3 stores = 6 levels of quantization, amplified a few times by round 2's
-    # training from already different start points (see the in-process test).
-    assert max_abs_difference(model_npz(runs[True][0]), model_npz(runs[False][0])) < 1e-4
+    # The final models start round 2 from points that differ by < 1 quantization level; local Adam's first
+    # steps are nearly sign steps of size lr (0.01), so such differences can grow to ~lr in round 2. The exact
+    # SecAgg+ check is the per-round one above; here only that the runs stay within one Adam step.
+    assert max_abs_difference(model_npz(runs[True][0]), model_npz(runs[False][0])) < 1e-2
     assert step == 2 * 8.0 / 4194304
 
 
