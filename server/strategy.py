@@ -98,10 +98,14 @@ class FedRecStrategy(FedAvg):
                 log.warning(self.budget_stop)
                 return []
         instructions = super().configure_fit(server_round, parameters, client_manager)
-        extra: dict[str, Scalar] = {ROUND_KEY: round_, RUN_DIR_KEY: str(self.record.run_dir)}
+        extra = self._round_config(server_round)
         if self.config.privacy == "user":
             extra[NOISE_KEY] = federation_noise_multiplier(self.config)
         return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
+
+    def _round_config(self, server_round: int) -> dict[str, Scalar]:
+        """What every store needs with each instruction: the global round and where simulated state lives."""
+        return {ROUND_KEY: self.global_round(server_round), RUN_DIR_KEY: str(self.record.run_dir)}
 
     def aggregate_fit(
         self,
@@ -166,10 +170,7 @@ class FedRecStrategy(FedAvg):
         if server_round not in self.aggregated:
             return []
         instructions = super().configure_evaluate(server_round, parameters, client_manager)
-        extra: dict[str, Scalar] = {
-            ROUND_KEY: self.global_round(server_round),
-            RUN_DIR_KEY: str(self.record.run_dir),
-        }
+        extra = self._round_config(server_round)
         return [(proxy, EvaluateIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
 
     def aggregate_evaluate(
