@@ -4,6 +4,7 @@ cross-side import (and ``fedrec --help`` does not import torch)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Any
@@ -11,6 +12,15 @@ from typing import Any
 from shared.config import ConfigError, RunConfig, from_mapping, load_toml_overrides, parse_assignment
 
 DEFAULT_CENTRALIZED_EPOCHS = 20
+
+# Subcommands owned by other sides: name -> (module, help). Each module exposes
+# ``configure(parser: argparse.ArgumentParser) -> None`` that adds its arguments and sets ``func``; the module
+# must import nothing heavy at top level (torch, flwr), so ``fedrec --help`` stays fast.
+OWNED_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("client.serving.cli", "partner side: the personalized recommendation gRPC service"),
+    "keys": ("shared.keys_cli", "generate the CA, SuperLink certificate and node-authentication keys"),
+    "audit": ("simulations.audit.cli", "privacy audit: utility-vs-ε sweep, ε recomputation, attacks, report"),
+}
 
 
 def load_config(args: argparse.Namespace) -> RunConfig:
@@ -68,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--epochs", type=int, default=DEFAULT_CENTRALIZED_EPOCHS)
     cen.add_argument("--model", choices=("neumf", "itempop"), default="neumf")
     cen.set_defaults(func=cmd_centralized)
+    for name, (module, help_text) in OWNED_SUBCOMMANDS.items():
+        try:
+            configure = importlib.import_module(module).configure
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+            continue  # that side is not installed in this checkout
+        configure(sub.add_parser(name, help=help_text))
     return parser
 
 
