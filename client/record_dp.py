@@ -33,6 +33,7 @@ class RowModel(nn.Module):
 
     def __init__(self, model: NeuMF) -> None:
         super().__init__()
+        model.project_catalog_once = False  # every example's gradient must come from its own rows
         self.model = model
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,9 @@ class NeuMF(nn.Module):
     def __init__(self, n_users: int, shape: ModelShape, item_features: torch.Tensor | None = None) -> None:
         super().__init__()
         self.shape = shape
+        # Many pairs: project the whole catalog once and look rows up (fast). Per-example gradient methods
+        # (Opacus) need each pair's own projection instead, or the catalog's rows become the "batch".
+        self.project_catalog_once = True
         self.gmf_user = nn.Embedding(n_users, shape.gmf_dim)
         self.mlp_user = nn.Embedding(n_users, shape.mlp_dim)
         if shape.uses_ids:
@@ -96,7 +99,7 @@ class NeuMF(nn.Module):
         gmf = mlp = None
         if self.shape.uses_text:
             table: torch.Tensor = self.item_features  # type: ignore[assignment]
-            if items.numel() > self.shape.n_items:  # many pairs: project the catalog once, then look up
+            if self.project_catalog_once and items.numel() > self.shape.n_items:  # project once, look up
                 gmf = nn.functional.embedding(items, self.gmf_item_proj(table))
                 mlp = nn.functional.embedding(items, self.mlp_item_proj(table))
             else:

@@ -56,14 +56,25 @@ class WeightedRowBCE(RowBCE):
         return per_row.mean() if self.reduction == "mean" else per_row.sum()
 
 
-def small_row_model() -> RowModel:
+N_ITEMS = 20
+# A text tower's catalog smaller than one batch's items (6 rows x 3): the case where NeuMF would project the
+# whole catalog once and Opacus would then take the catalog's rows for the batch.
+TEXT_N_ITEMS, TEXT_FEATURE_DIM = 8, 6
+
+
+def small_row_model(item_tower: str = "id") -> RowModel:
     torch.manual_seed(3)
-    return RowModel(NeuMF(4, ModelShape(n_items=20, gmf_dim=4, mlp_dim=8, hidden=(16, 8))))
+    if item_tower == "id":
+        return RowModel(NeuMF(4, ModelShape(n_items=N_ITEMS, gmf_dim=4, mlp_dim=8, hidden=(16, 8))))
+    shape = ModelShape(n_items=TEXT_N_ITEMS, gmf_dim=4, mlp_dim=8, hidden=(16, 8), item_tower=item_tower,
+                       feature_dim=TEXT_FEATURE_DIM)
+    return RowModel(NeuMF(4, shape, torch.randn(TEXT_N_ITEMS, TEXT_FEATURE_DIM)))
 
 
-def rows_for(n: int) -> torch.Tensor:
+def rows_for(n: int, n_items: int = N_ITEMS) -> torch.Tensor:
     rng = np.random.default_rng(5)
-    return torch.as_tensor(np.stack([rng.integers(0, 4, n), *(rng.integers(0, 20, n) for _ in range(3))], 1))
+    return torch.as_tensor(np.stack([rng.integers(0, 4, n), *(rng.integers(0, n_items, n) for _ in range(3))],
+                                    1))
 
 
 def flat(module: nn.Module) -> torch.Tensor:
@@ -100,11 +111,12 @@ def test_rows_pair_a_user_with_their_positive_and_negatives_other_than_it(
 
 # -- one DP-SGD step ----------------------------------------------------------------------------------------
 
-def one_step(lr: float, clipping_norm: float, weights: torch.Tensor) -> tuple[RowModel, RowModel]:
+def one_step(lr: float, clipping_norm: float, weights: torch.Tensor, item_tower: str = "id"
+             ) -> tuple[RowModel, RowModel]:
     """(model before, model after) one noise-free DP-SGD step, plain SGD, over ``rows_for(len(weights))``."""
-    model = small_row_model()
+    model = small_row_model(item_tower)
     before = copy.deepcopy(model)
-    rows = rows_for(len(weights))
+    rows = rows_for(len(weights), model.model.shape.n_items)
     training: PrivateTraining = make_private_training(
         model, torch.optim.SGD(model.parameters(), lr=lr), epoch_loader(rows.numpy(), len(rows)),
         noise_multiplier=0.0, clipping_norm=clipping_norm, noise_generator=torch.Generator().manual_seed(0),
@@ -117,7 +129,7 @@ def one_step(lr: float, clipping_norm: float, weights: torch.Tensor) -> tuple[Ro
 
 def clipped_mean_gradient(model: RowModel, weights: torch.Tensor, clipping_norm: float) -> torch.Tensor:
     """Σ_i g_i·min(1, C/‖g_i‖) / B, per-row gradients computed one row at a time with plain autograd."""
-    rows, total = rows_for(len(weights)), None
+    rows, total = rows_for(len(weights), model.model.shape.n_items), None
     for i in range(len(rows)):
         model.zero_grad()
         loss = WeightedRowBCE(weights[i : i + 1], "sum")(model(rows[i : i + 1]), LABELS.expand(1, -1))
@@ -142,11 +154,12 @@ def test_one_row_with_a_huge_loss_moves_the_parameters_by_at_most_lr_times_c() -
     assert lr * unclipped > 1000 * lr * c  # without per-row clipping the same step would be > 1000× larger
 
 
-def test_the_step_is_lr_times_the_mean_of_per_row_clipped_gradients() -> None:
+@pytest.mark.parametrize("item_tower", ["id", "text", "hybrid"])
+def test_the_step_is_lr_times_the_mean_of_per_row_clipped_gradients(item_tower: str) -> None:
     lr, c = 0.5, 0.3
     weights = torch.tensor([1e5, 1.0, 30.0, 1.0, 1.0, 1.0])
 
-    before, after = one_step(lr, c, weights)
+    before, after = one_step(lr, c, weights, item_tower)
 
     expected = -lr * clipped_mean_gradient(copy.deepcopy(before), weights, c)
     torch.testing.assert_close(flat(after) - flat(before), expected, rtol=1e-4, atol=1e-7)
