@@ -21,7 +21,7 @@ from opacus import GradSampleModule, PrivacyEngine
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
-from client.trainers import BudgetExhausted, LocalUpdate
+from client.trainers import BudgetExhausted, LocalUpdate, dp_noise_generator
 from shared.config import RunConfig
 from shared.ledger import PrivacyLedger, noise_for_target
 from shared.model import NeuMF, get_shared
@@ -152,7 +152,7 @@ def record_level_round(model: NeuMF, split: Split, config: RunConfig, ledger: Pr
     labels[0] = 1.0
     row_model = RowModel(model)
     optimizer = torch.optim.Adam(row_model.parameters(), lr=config.learning_rate)
-    generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    generator = dp_noise_generator(config, rng, device)  # Opacus draws the noise where the parameters are
     training = make_private_training(row_model, optimizer, epoch_loader(rows, config.batch_size), sigma,
                                      config.clipping_norm, generator)
     training.model.train()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,14 @@ from shared.ledger import PrivacyLedger
 from shared.model import NeuMF, get_shared
 from shared.split import Split
 from shared.training import TrainPairs, TrainSettings, train_pointwise
+
+
+def dp_noise_generator(config: RunConfig, rng: np.random.Generator,
+                       device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of a round's DP noise: seeded from the run (reproducible audits) unless ``secure-rng``,
+    then from the OS CSPRNG. Every privacy mode takes its noise from here, so the switch can't be missed."""
+    seed = int.from_bytes(os.urandom(8), "little") if config.secure_rng else int(rng.integers(2**62))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class BudgetExhausted(RuntimeError):

@@ -17,14 +17,13 @@ over users).
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from client.trainers import BudgetExhausted, LocalUpdate
+from client.trainers import BudgetExhausted, LocalUpdate, dp_noise_generator
 from shared.config import RunConfig
 from shared.ledger import PrivacyLedger
 from shared.model import PRIVATE_PARAMETERS, NeuMF, shared_names
@@ -76,7 +75,7 @@ def user_level_round(
     add_noise_share(
         total,
         sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
-        noise_generator or _noise_generator(config, round_, rng),
+        noise_generator or dp_noise_generator(config, rng),
     )
     if config.user_refresh_epochs:
         refresh_private_embeddings(model, pairs, config, rng, device)
@@ -179,12 +178,6 @@ def add_noise_share(total: dict[str, torch.Tensor], std: float, generator: torch
     for tensor in total.values():
         noise = torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype)
         tensor += noise.to(tensor.device) * std
-
-
-def _noise_generator(config: RunConfig, round_: int, rng: np.random.Generator) -> torch.Generator:
-    """Seeded from the run (reproducible audits) unless ``secure-rng``: then from the OS CSPRNG."""
-    seed = int.from_bytes(os.urandom(8), "little") if config.secure_rng else int(rng.integers(2**62))
-    return torch.Generator().manual_seed(seed)
 
 
 def refresh_private_embeddings(
