@@ -2,7 +2,8 @@
 
 ``config.json`` (the exact settings), ``metrics.json`` (per round), ``ledger.json`` (the federation's and each
 store's (σ, q, steps, ε) per round, so anyone can recompute ε), ``checkpoints/`` (resume), ``model.npz``
-(final shared parameters) and ``summary.json`` (the run's result line).
+(final shared parameters), ``cold_start.npz`` (the text → item-vector mapping for new items,
+server/cold_start.py) and ``summary.json`` (the run's result line).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from server.checkpoint import Checkpoint, load_latest, save_checkpoint
+from server.cold_start import publish_for_run
 from server.optimizer import ServerOptimizer
 from shared.atomic import write_atomic, write_json_atomic
 from shared.config import RunConfig
@@ -130,6 +132,8 @@ class RunRecord:
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **dict(zip(self.names, shared, strict=True)))
         write_atomic(self.run_dir / "model.npz", lambda fh: fh.write(buffer.getvalue()))
+        cold_start = publish_for_run(self.run_dir, self.config, self.names, shared) if status != "failed" \
+            else "skipped: the run failed"
         self.write_ledger()
         evaluated = (h for h in reversed(self.history) if "test/users" in h)
         last: dict[str, Any] = next(evaluated, {})
@@ -143,7 +147,7 @@ class RunRecord:
             "epsilon": self.epsilon(), "epsilon_prv": self.epsilon_prv(),
             "epsilon_if_store_seen_alone": self.epsilon_if_seen_alone(),
             "delta": self.config.delta, "privacy_unit": self.privacy_unit, "secagg": self.config.secagg,
-            "status": status,
+            "status": status, "cold_start": cold_start,
         }
         if message:
             summary["message"] = message

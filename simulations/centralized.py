@@ -20,7 +20,7 @@ from shared.metrics import catalog_coverage, mean_metrics
 from shared.model import NeuMF
 from shared.split import Split
 from shared.training import TrainPairs, TrainSettings, train_pointwise
-from shared.workload import catalog_features, load_workload, model_shape
+from shared.workload import Workload, catalog_features, load_workload, model_shape
 
 
 def _report(score_all_items: Any, split: Split, negatives: np.ndarray, config: RunConfig,
@@ -33,12 +33,17 @@ def _report(score_all_items: Any, split: Split, negatives: np.ndarray, config: R
 
 def train_centralized(config: RunConfig, epochs: int, verbose: bool = True) -> dict[str, Any]:
     """Train for ``epochs`` epochs; returns test metrics of the last epoch plus the validation curve."""
+    return train_model(config, load_workload(config), catalog_features(config), epochs, verbose)[1]
+
+
+def train_model(config: RunConfig, workload: Workload, features: np.ndarray | None, epochs: int,
+                verbose: bool = True) -> tuple[NeuMF, dict[str, Any]]:
+    """``train_centralized`` on a given workload (e.g. one with cold items held out); returns the trained
+    model (eval mode) and its metrics."""
     started = time.perf_counter()
     device = pick_device(config)
-    workload = load_workload(config)
     split, negatives = workload.split, workload.negatives
     torch.manual_seed(config.seed)
-    features = catalog_features(config)
     shape = model_shape(config, split.n_items, features)
     model = NeuMF(split.n_users, shape, None if features is None else torch.as_tensor(features)).to(device)
     pairs, rng = TrainPairs(split), np.random.default_rng(config.seed)
@@ -55,9 +60,9 @@ def train_centralized(config: RunConfig, epochs: int, verbose: bool = True) -> d
                   f"(valid) {time.perf_counter() - started:.1f}s", flush=True)
     model.eval()
     result = _report(model.score_all_items, split, negatives, config, device)
-    return {"model": "neumf", **result, "epochs": epochs, "curve": curve, "seed": config.seed,
-            "torch_threads": config.torch_threads, "seconds": round(time.perf_counter() - started, 2),
-            "split": split.fingerprint()}
+    return model, {"model": "neumf", **result, "epochs": epochs, "curve": curve, "seed": config.seed,
+                   "torch_threads": config.torch_threads, "seconds": round(time.perf_counter() - started, 2),
+                   "split": split.fingerprint()}
 
 
 def item_popularity(config: RunConfig) -> dict[str, Any]:
