@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
+from client.serving.interaction_log import with_logged_clicks
 from client.state import StoreState
 from client.trainers import LocalUpdate, train_store
 from shared.config import RunConfig
@@ -36,6 +37,7 @@ class StoreData:
     split: Split
     negatives: np.ndarray
     features: np.ndarray | None = None  # public catalog text embeddings (text/hybrid item towers)
+    item_ids: tuple[str, ...] = ()  # raw catalog ids, to read the service's click log (empty: no log)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -45,7 +47,8 @@ class StoreData:
 def store_data(config: RunConfig, store: int) -> StoreData:
     workload = load_workload(config)
     users = users_of_store(config, store)
-    return StoreData(workload.split.subset(users), workload.negatives[users], catalog_features(config))
+    return StoreData(workload.split.subset(users), workload.negatives[users], catalog_features(config),
+                     workload.dataset.item_ids)
 
 
 class PrivateTensorLeak(RuntimeError):
@@ -89,11 +92,14 @@ class StoreClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
         started = time.perf_counter()
         round_ = int(config[ROUND_KEY])
-        state = StoreState.load(self._directory(config), self.data.user_ids, self.config.delta)
+        directory = self._directory(config)
+        state = StoreState.load(directory, self.data.user_ids, self.config.delta)
         model = self._model(parameters, state)
         rng = np.random.default_rng([self.config.seed, round_, self.store])
         announced = config.get(NOISE_KEY)
-        update: LocalUpdate = train_store(model, self.data.split, self.config, state.ledger, round_, rng,
+        # Clicks logged by the recommendation service are extra positives; evaluation is unchanged.
+        split = with_logged_clicks(self.data.split, self.data.item_ids, directory)
+        update: LocalUpdate = train_store(model, split, self.config, state.ledger, round_, rng,
                                           self.device, None if announced is None else float(announced))
         state.embeddings = {_file_key(n): p.detach().cpu().numpy() for n, p in model.named_parameters()
                             if n in PRIVATE_PARAMETERS}

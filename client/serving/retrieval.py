@@ -1,0 +1,165 @@
+"""Two-stage ranking: inner-product retrieval of candidates, then re-ranking by the full NeuMF.
+
+NeuMF's logit is ``w_g · (u_g ⊙ i_g) + MLP([u_m, i_m]) + b (+ item bias)``. The GMF part and the bias are an
+inner product: ``[u_g ⊙ w_g, 1] · [i_g, bias_i]``. Stage one retrieves the items with the largest such inner
+product — exactly (NumPy) for small catalogs, with an HNSW index (usearch, MIPS reduced to L2) from
+``ann_min_items`` on — in this (gmf_dim + 1)-dimensional collaborative space, never the 384-d text space.
+Stage two scores the candidates with the complete model (``shared.cold_start.score``), MLP included, which
+is what the final order follows. Catalogs up to ``score_all_below`` items skip stage one (NeuMF scores them
+all in well under a millisecond), so small deployments rank exactly like the evaluation does.
+
+The index choice, its parameters and its recall@10 against exact retrieval are measured by
+``simulations/benchmarks/serve_latency.py`` (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import numpy as np
+
+from client.serving.catalog import Growable
+from client.serving.settings import ServeSettings
+
+FLOAT = np.float32
+NORM_HEADROOM = 1.1  # room for added items whose norm exceeds the catalog's largest
+
+
+class CandidateIndex(Protocol):
+    def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
+        """Indices (< size) of up to ``count`` items with the largest inner product with ``query``."""
+        ...
+
+    def add(self, rows: np.ndarray, first: int) -> None:
+        """Index rows that were appended at catalog indices ``first``, ``first + 1``, ..."""
+        ...
+
+
+def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest scores, best first (argpartition, then a sort of the few)."""
+    count = min(count, len(scores))
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
+    return part[np.argsort(-scores[part], kind="stable")].astype(np.int64)
+
+
+class ExactIndex:
+    """Exact inner-product search over the catalog's retrieval rows (no extra memory, no build)."""
+
+    def __init__(self, rows: Growable) -> None:
+        self.rows = rows
+
+    def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
+        return top_indices(self.rows.view(size) @ query, count)
+
+    def add(self, rows: np.ndarray, first: int) -> None:
+        """Nothing to do: ``search`` reads the growing rows directly."""
+
+
+class SharedExclusiveLock:
+    """Many concurrent searches, or one addition (which may grow the index under the searches' feet).
+
+    A waiting writer holds back new readers, so a steady stream of searches cannot starve ``AddItem``.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writer)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._writer)
+            self._writer = True
+            self._condition.wait_for(lambda: self._readers == 0)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._writer = False
+                self._condition.notify_all()
+
+
+class AnnIndex:
+    """HNSW (usearch) for maximum inner product, by the exact reduction to nearest-neighbour search of
+    Bachrach et al. (RecSys 2014): rows ``x`` become ``[x, sqrt(M² − |x|²)]`` and the query ``[q, 0]``, so
+    ``|q' − x'|² = |q|² + M² − 2 q·x`` and the nearest row is the largest inner product. ``M`` is the largest
+    row norm at build time times ``NORM_HEADROOM``; an item added later with a larger norm gets 0 as its extra
+    coordinate (slightly under-ranked) until the next reload rebuilds the index.
+
+    Why usearch: hnswlib and faiss-cpu reached the same recall and latency in our measurement
+    (docs/serving.md), but hnswlib ships no wheel (a C++ toolchain at install) and faiss-cpu is 66 MB and
+    needs a lock around every add; usearch is an 11 MB wheel. Searches run concurrently; an addition (which
+    may grow the index) takes the lock exclusively for its ~1 ms.
+    """
+
+    def __init__(self, rows: np.ndarray, settings: ServeSettings) -> None:
+        from usearch.index import Index
+
+        self.settings = settings
+        norms = np.linalg.norm(rows, axis=1) if len(rows) else np.ones(1)
+        self._max_norm = float(norms.max()) * NORM_HEADROOM or 1.0
+        self._index = Index(ndim=int(rows.shape[1]) + 1, metric="l2sq", dtype="f32",
+                            connectivity=settings.hnsw_m, expansion_add=settings.hnsw_ef_construction,
+                            expansion_search=settings.hnsw_ef_search)
+        if len(rows):
+            self._index.add(np.arange(len(rows)), self._augment(rows), threads=settings.index_threads)
+        self._lock = SharedExclusiveLock()
+
+    def _augment(self, rows: np.ndarray) -> np.ndarray:
+        squared = np.einsum("ij,ij->i", rows, rows)
+        extra = np.sqrt(np.maximum(self._max_norm ** 2 - squared, 0.0))
+        return np.ascontiguousarray(np.concatenate([rows, extra[:, None]], axis=1), dtype=FLOAT)
+
+    def _query(self, query: np.ndarray) -> np.ndarray:
+        """``[q, 0]`` scaled onto the rows' sphere of radius M: the ranking does not depend on the query's
+        scale, and a query as long as the rows is where the graph search works best."""
+        norm = float(np.linalg.norm(query))
+        scaled = query * (self._max_norm / norm) if norm > 0 else query
+        return np.append(scaled, 0.0).astype(FLOAT)
+
+    def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
+        with self._lock.shared():
+            if count <= 0 or not len(self._index):
+                return np.zeros(0, dtype=np.int64)
+            found = self._index.search(self._query(query), count, threads=1).keys.astype(np.int64)
+        return found[found < size]
+
+    def add(self, rows: np.ndarray, first: int) -> None:
+        with self._lock.exclusive():
+            self._index.add(np.arange(first, first + len(rows)), self._augment(rows), threads=1)
+
+    def set_search_width(self, ef: int) -> None:
+        """Change ef-search on the built index (the benchmark sweeps it without rebuilding)."""
+        with self._lock.exclusive():
+            self._index.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter; mypy misreads it
+
+
+def build_index(rows: Growable, settings: ServeSettings) -> CandidateIndex:
+    """Exact search below ``ann_min_items`` items, HNSW from there on (the benchmark's crossover)."""
+    if len(rows) < settings.ann_min_items:
+        return ExactIndex(rows)
+    return AnnIndex(rows.view(), settings)
+
+
+def retrieval_query(user_gmf: np.ndarray, gmf_output_weight: np.ndarray) -> np.ndarray:
+    """[u_g ⊙ w_g, 1]: its inner product with an item's [i_g, bias] is the GMF + bias share of the logit."""
+    return np.concatenate([user_gmf * gmf_output_weight, [1.0]]).astype(FLOAT)

@@ -1,0 +1,65 @@
+"""Every serving setting with its default, in one typed, validated, frozen dataclass.
+
+Serving settings are the partner's operational choices, not federated run configuration, so they live here and
+not in pyproject's ``[tool.flwr.app.config]``. ``fedrec serve`` flags override them (client/serving/cli.py
+derives its flags from the fields below); docs/serving.md explains each one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """A serving setting out of range; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"          # interface to bind; 0.0.0.0 to accept remote shoppers' front ends
+    port: int = 50051                # 0 = an ephemeral port (printed at start-up)
+    max_k: int = 100                 # largest k a request may ask for
+    candidates: int = 200            # retrieved by inner product, then re-ranked by the full NeuMF
+    score_all_below: int = 4096      # catalogs up to this size skip retrieval: NeuMF scores every item
+    ann_min_items: int = 50_000      # from this catalog size on, candidates come from the HNSW index
+    hnsw_m: int = 16                 # HNSW graph degree (usearch connectivity)
+    hnsw_ef_construction: int = 100  # build-time beam width
+    hnsw_ef_search: int = 400        # query-time beam width, >= candidates (recall vs latency: benchmarks)
+    index_threads: int = 2           # threads used to build the index
+    reload_interval_s: float = 5.0   # how often the run dir and store state are checked for a new model
+    max_text_chars: int = 4096       # longer AddItem / query text is truncated (the encoder reads 256 tokens)
+    refresh_steps: int = 30          # fold-in of a shopper after a click / of a text query (Adam steps);
+    refresh_learning_rate: float = 0.01  # both as validated in docs/cold_start.md (FOLD_IN_* there)
+    explain_items: int = 2           # past items named per recommendation when explain = true
+    mapping_ridge: float = 1.0       # ridge of the text -> item map fitted when cold_start.npz is absent
+    workers: int = 8                 # gRPC worker threads
+    seed: int = 0                    # negatives of the online refit
+
+    def __post_init__(self) -> None:
+        positive = ("max_k", "candidates", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
+                    "index_threads", "max_text_chars", "explain_items", "workers", "ann_min_items")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{flag(name)}: {getattr(self, name)} must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"{flag('port')}: {self.port} is not a TCP port (0 = ephemeral)")
+        if self.refresh_steps < 0 or self.score_all_below < 0:
+            raise SettingsError(f"{flag('refresh_steps')} and {flag('score_all_below')} must be >= 0")
+        if self.reload_interval_s <= 0 or self.refresh_learning_rate <= 0 or self.mapping_ridge < 0:
+            raise SettingsError(f"{flag('reload_interval_s')} and {flag('refresh_learning_rate')} must be "
+                                f"> 0, {flag('mapping_ridge')} >= 0")
+        if self.candidates < self.max_k or self.hnsw_ef_search < self.candidates:
+            raise SettingsError(f"need {flag('max_k')} <= {flag('candidates')} <= {flag('hnsw_ef_search')}, "
+                                f"got {self.max_k}, {self.candidates}, {self.hnsw_ef_search}")
+
+    def replace(self, **changes: object) -> ServeSettings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a settings field (``max_k`` -> ``--max-k``)."""
+    return "--" + field.replace("_", "-")
+
+
+DEFAULTS = ServeSettings()

@@ -1,0 +1,113 @@
+"""Top-10 ``Recommend`` latency in-process at 10k, 100k and 1M items: two-stage (HNSW retrieval + NeuMF
+re-ranking) against exact NumPy retrieval + the same re-ranking, in this process, back to back.
+
+Reports p50/p99 per size for both, the ratio exact/served, and HNSW recall@10 against exact retrieval (stage
+one, same query) and the top-10 overlap of the two final lists. Synthetic clustered vectors, 32-d GMF
+(serving_synthetic.py); one math thread (client/serving/threads.py). Ends with one JSON line.
+
+    .venv/bin/python -m simulations.benchmarks.serve_latency [--sizes 10000 100000 1000000] [--queries 2000]
+        [--hnsw-m 16] [--ef-construction 100] [--ef-search 400] [--ef-sweep 200 800 1600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from client.serving.engine import Recommender
+from client.serving.retrieval import AnnIndex, ExactIndex, retrieval_query
+from client.serving.settings import ServeSettings
+from client.serving.threads import limit_math_threads
+from simulations.benchmarks.serving_synthetic import USERS, synthetic_model, synthetic_recommender
+
+K = 10
+WARMUP = 50
+EXACT_ONLY = 10**12  # ann_min_items that keeps every catalog on exact retrieval (the baseline)
+
+
+def latencies_ms(recommender: Recommender, users: list[str]) -> np.ndarray:
+    for user in users[:WARMUP]:
+        recommender.recommend(user, K)
+    out = np.empty(len(users))
+    for n, user in enumerate(users):
+        started = time.perf_counter()
+        recommender.recommend(user, K)
+        out[n] = (time.perf_counter() - started) * 1e3
+    return out
+
+
+def summary(values: np.ndarray) -> dict[str, float]:
+    return {"p50_ms": round(float(np.percentile(values, 50)), 4),
+            "p99_ms": round(float(np.percentile(values, 99)), 4)}
+
+
+def recall_at_k(served: Recommender, exact: Recommender, users: list[str]) -> tuple[float, float]:
+    """(stage-one recall@10 of the index vs exact retrieval, overlap@10 of the final lists)."""
+    snap, rows = served.snapshot, exact.snapshot.space.retrieval
+    size = len(snap.space)
+    retrieval, final = [], []
+    for user in users:
+        vector = snap.model.users.gmf[snap.model.user_row[user]]
+        query = retrieval_query(vector, snap.model.gmf_output_weight)
+        truth = set(ExactIndex(rows).search(query, K, size).tolist())
+        retrieval.append(len(truth & set(snap.index.search(query, K, size).tolist())) / K)
+        a = {i.item_id for i in served.recommend(user, K).items}
+        b = {i.item_id for i in exact.recommend(user, K).items}
+        final.append(len(a & b) / K)
+    return float(np.mean(retrieval)), float(np.mean(final))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--recall-queries", type=int, default=300)
+    parser.add_argument("--ef-search", type=int, default=ServeSettings().hnsw_ef_search)
+    parser.add_argument("--hnsw-m", type=int, default=ServeSettings().hnsw_m)
+    parser.add_argument("--ef-construction", type=int, default=ServeSettings().hnsw_ef_construction)
+    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[],
+                        help="also measure these ef-search values on the same index (recall, p50/p99)")
+    args = parser.parse_args(argv)
+    limit_math_threads()
+    rng = np.random.default_rng(0)
+    settings = ServeSettings(hnsw_ef_search=args.ef_search, hnsw_m=args.hnsw_m,
+                             hnsw_ef_construction=args.ef_construction)
+    result: dict[str, Any] = {"benchmark": "serve_latency", "k": K, "settings": {
+        "candidates": settings.candidates, "ann_min_items": settings.ann_min_items, "hnsw_m": settings.hnsw_m,
+        "hnsw_ef_construction": settings.hnsw_ef_construction, "hnsw_ef_search": settings.hnsw_ef_search}}
+    for size in args.sizes:
+        model, text = synthetic_model(size)
+        started = time.perf_counter()
+        served = synthetic_recommender(model, text[:, :8], settings)
+        build_s = time.perf_counter() - started
+        exact = synthetic_recommender(model, text[:, :8], settings.replace(ann_min_items=EXACT_ONLY))
+        users = [f"u{n}" for n in rng.integers(0, USERS, args.queries)]
+        served_ms, exact_ms = latencies_ms(served, users), latencies_ms(exact, users)
+        recall, overlap = recall_at_k(served, exact, users[:args.recall_queries])
+        entry = {"retrieval": type(served.snapshot.index).__name__, "index_build_s": round(build_s, 1),
+                 "served": summary(served_ms), "exact_numpy": summary(exact_ms),
+                 "exact_over_served_p50": round(float(np.median(exact_ms) / np.median(served_ms)), 2),
+                 "retrieval_recall_at_10": round(recall, 4), "final_overlap_at_10": round(overlap, 4)}
+        index = served.snapshot.index
+        if isinstance(index, AnnIndex):
+            sweep = {}
+            for ef in args.ef_sweep:
+                index.set_search_width(ef)
+                recall_ef, overlap_ef = recall_at_k(served, exact, users[:args.recall_queries])
+                sweep[str(ef)] = {**summary(latencies_ms(served, users)), "retrieval_recall_at_10":
+                                  round(recall_ef, 4), "final_overlap_at_10": round(overlap_ef, 4)}
+            if sweep:
+                entry["ef_sweep"] = sweep
+        result[str(size)] = entry
+        print(f"{size:>9} items: {json.dumps(entry)}", flush=True)
+        del served, exact, model, text
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
