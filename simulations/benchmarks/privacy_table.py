@@ -19,6 +19,7 @@ from simulations.simulate import simulate
 
 METRICS = ("hr@10", "ndcg@10", "hr@10_full", "ndcg@10_full")
 CENTRAL_EPOCHS = 20
+DEFAULT_DATASET = "ml-100k"
 
 
 def _mean_row(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -43,12 +44,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eps-set", action="append", default=[], metavar="EPS:KEY=VALUE",
                         help="override for the user-level run at one ε (settings picked on validation)")
     parser.add_argument("--text-central", action="store_true", help="also train the text tower centrally")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET,
+                        help="every row's dataset (e.g. a population from simulations.synthetic_population)")
     args = parser.parse_args(argv)
-    user_overrides = {"privacy": "user", **dict(parse_assignment(a) for a in args.set)}
-    record_overrides = {"privacy": "interaction", "item-tower": "id",
+    data = {"dataset": args.dataset}
+    user_overrides = {"privacy": "user", **data, **dict(parse_assignment(a) for a in args.set)}
+    record_overrides = {"privacy": "interaction", "item-tower": "id", **data,
                         **dict(parse_assignment(a) for a in args.record_set)}
     rows = []
-    base = from_mapping({"privacy": "none", "item-tower": "id"})  # the reference is NeuMF as published
+    base = from_mapping({"privacy": "none", "item-tower": "id", **data})  # the reference: NeuMF as published
     rows.append(_mean_row("ItemPop", [item_popularity(base)]))
     central = [train_centralized(base.replace(seed=s), args.central_epochs, verbose=False)
                for s in args.seeds]
@@ -82,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cells = [f"{row[m]:.4f} ({row[m] / reference[m]:.2f}×)" for m in METRICS]
         print(f"| {row['setting']} | {row.get('epsilon', '∞' if 'non-private' in row['setting'] else '-')} | "
               + " | ".join(cells) + " |")
-    result = {"benchmark": "privacy_table", "seeds": args.seeds, "user_overrides": user_overrides,
+    result = {"benchmark": "privacy_table", "dataset": args.dataset, "seeds": args.seeds,
+              "user_overrides": user_overrides,
               "per_epsilon_overrides": {str(k): v for k, v in per_epsilon.items()},
               "record_overrides": record_overrides, "rows": rows}
     print(json.dumps(result))
