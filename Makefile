@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # The CPU build that lies on local disk; installed first so nothing pulls a CUDA build of torch.
 TORCH  := torch==2.13.0
 
-.PHONY: install run test test-all lint
+.PHONY: install run test test-all test-e2e lint
 
 install: $(STAMP)
 
@@ -33,3 +33,8 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The loopback deployment tests (SuperLink + 3 SuperNodes with TLS and node auth, SecAgg+ runs, faults):
+# a few minutes on 2 cores, so outside `make test`; CI runs both (.ci/run).
+test-e2e: $(STAMP)
+	$(PYTHON) -m pytest -m e2e tests/test_deploy_e2e.py

@@ -20,6 +20,7 @@ from shared.split import leave_one_out, sampled_negatives
 from shared.workload import NUM_EVAL_NEGATIVES, catalog_features
 
 SECAGG_RECORD = "secaggplus_configs"
+PARTNER_RUNS_DIR = "runs"
 
 
 def client_fn(context: Context, config: RunConfig | None = None) -> Client:
@@ -29,7 +30,7 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
         dataset = load_dataset(str(node["data-dir"]))
         split = leave_one_out(dataset)
         data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES),
-                         catalog_features(config, dataset))
+                         catalog_features(config, dataset), dataset.item_ids)
         store = int(node.get("store", 0))
     else:
         store = int(node["partition-id"])
@@ -37,8 +38,19 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
     state_root = str(node.get("state-dir", "") or config.state_dir)
     state_dir = None
     if state_root:
-        state_dir = Path(state_root) if "data-dir" in node else Path(state_root) / f"store-{store}"
+        state_dir = (partner_state_dir(Path(state_root), config, context.run_id) if "data-dir" in node
+                     else Path(state_root) / f"store-{store}")
     return StoreClient(config, store, data, state_dir).to_client()
+
+
+def partner_state_dir(state_root: Path, config: RunConfig, run_id: int) -> Path:
+    """A partner's state for one run: ``<state-dir>/runs/<run-dir's name, else run-<id>>``.
+
+    A partner's volume outlives runs, but user embeddings belong to the model of one run, and the ledger
+    numbers rounds per run (it refuses a round it already holds). Keyed by the run-dir, so resuming a run (a
+    new Flower run id, the same ``run-dir``) finds the same embeddings and ledger.
+    """
+    return state_root / PARTNER_RUNS_DIR / (Path(config.run_dir).name if config.run_dir else f"run-{run_id}")
 
 
 def secagg_when_requested(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

@@ -43,6 +43,23 @@ class RoundFailed(RuntimeError):
     """A round without a valid aggregate; the run stops instead of carrying an unchanged model."""
 
 
+def minimum_stores(config: RunConfig, num_stores: int) -> int:
+    """Stores that must be online before a round starts (every round samples all that are online).
+
+    All of them by default. With ``accept-failures`` a deployment must carry on when a partner is down (or
+    refused to start, e.g. a bad data mount), so a round starts once the fewest stores that keep it valid are
+    there: K noise-share stores (user-level DP) and SecAgg+'s reconstruction threshold.
+    """
+    if not config.accept_failures:
+        return num_stores
+    floor = 1
+    if config.privacy == "user":
+        floor = max(floor, noise_shares(config))
+    if config.secagg:
+        floor = max(floor, config.secagg_reconstruction_threshold)
+    return min(num_stores, floor)
+
+
 class FedRecStrategy(FedAvg):
     def __init__(
         self,
@@ -53,12 +70,13 @@ class FedRecStrategy(FedAvg):
         num_stores: int,
         population: int,
     ) -> None:
+        needed = minimum_stores(config, num_stores)
         super().__init__(
             fraction_fit=1.0,
             fraction_evaluate=1.0,
-            min_fit_clients=num_stores,
-            min_evaluate_clients=num_stores,
-            min_available_clients=num_stores,
+            min_fit_clients=needed,
+            min_evaluate_clients=needed,
+            min_available_clients=needed,
             initial_parameters=ndarrays_to_parameters(shared),
             accept_failures=True,
             fit_metrics_aggregation_fn=_no_metrics,  # the stores' metrics are recorded per store in RunRecord

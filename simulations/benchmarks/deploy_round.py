@@ -1,0 +1,104 @@
+"""Wall time of one federated round: 3-node TLS deployment (loopback) vs the same round in simulation.
+
+Both run here, back to back, on the same data and run config (SecAgg+, user-level DP, three stores): first
+``fedrec simulate`` (Flower's Simulation Engine), then the docker-compose commands as local processes
+(``simulations/loopback.py``: SuperLink with TLS + node authentication, three partners through
+``deploy/partner.py``, ``flwr run``). Round 1 (Ray start-up, first FAB install) is dropped; the median of the
+later rounds (``metrics.json``'s per-round seconds, training + federated evaluation) is reported with the
+ratio deployment / simulation. Ends with one JSON line.
+
+    .venv/bin/python -m simulations.benchmarks.deploy_round [--rounds 4] [--dataset DIR] [--set key=value]
+
+``--dataset`` needs ``users.csv`` (one store per user); by default the tests' tiny synthetic dataset is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.config import from_mapping, parse_assignment
+from simulations.loopback import Deployment, split_partners
+from simulations.simulate import simulate
+
+DEFAULT_ROUNDS = 4
+RUN_TIMEOUT_S = 1800.0
+PARTNERS = ("partner-1", "partner-2", "partner-3")
+# Three stores: SecAgg+ shares among all three, any two reconstruct, noise split over two stores.
+RUN_CONFIG: dict[str, Any] = {
+    "partition": "stores-file", "num-stores": len(PARTNERS), "privacy": "user", "secagg": True,
+    "secagg-num-shares": 3, "secagg-reconstruction-threshold": 2, "noise-share-stores": 2,
+    "gmf-dim": 4, "mlp-dim": 8, "mlp-layers": "16,8", "item-tower": "id", "device": "cpu",
+}
+
+
+def round_seconds(run_dir: Path) -> list[float]:
+    return [h["seconds"] for h in json.loads((run_dir / "metrics.json").read_text()) if "seconds" in h]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value)
+
+
+def run_deployment(root: Path, dataset: Path, values: dict[str, Any]) -> list[float]:
+    partitions = split_partners(dataset, root / "partitions")
+    deployment = Deployment(root / "deployment", PARTNERS)
+    run_dir = root / "deploy-run"
+    try:
+        deployment.start_superlink()
+        deployment.start_serverapp_side()
+        for store, (name, data_dir) in enumerate(zip(PARTNERS, partitions, strict=True)):
+            deployment.register(name)
+            deployment.start_partner(name, data_dir, store)
+        overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in {**values, "run-dir": str(run_dir)}.items())
+        done = deployment.run(overrides, timeout=RUN_TIMEOUT_S)
+        if done.returncode != 0 or not (run_dir / "summary.json").exists():
+            raise RuntimeError(f"deployment run failed: {done.stdout[-3000:]}{done.stderr[-3000:]}")
+    finally:
+        deployment.stop()
+    return round_seconds(run_dir)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--dataset", type=Path, help="a dataset directory with users.csv (default: tiny)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fedrec-deploy-round-") as tmp:
+        root = Path(tmp)
+        dataset = args.dataset
+        if dataset is None:
+            from tests.conftest import write_tiny_dataset
+
+            dataset = write_tiny_dataset(root / "data")
+        values = {**RUN_CONFIG, "dataset": str(dataset.resolve()), "num-rounds": args.rounds,
+                  **dict(parse_assignment(a) for a in args.set)}
+        started = time.perf_counter()
+        simulation = round_seconds(Path(simulate(from_mapping({**values, "run-dir": str(root / "sim-run")}))
+                                        ["run_dir"]))
+        simulation_wall = time.perf_counter() - started
+        started = time.perf_counter()
+        deployment = run_deployment(root, dataset, values)
+        deployment_wall = time.perf_counter() - started
+    sim_round, dep_round = statistics.median(simulation[1:]), statistics.median(deployment[1:])
+    result = {"benchmark": "deploy_round", "rounds": args.rounds, "nodes": len(PARTNERS), "tls": True,
+              "node_auth": True, "secagg": True, "simulation_round_s": sim_round,
+              "deployment_round_s": dep_round, "ratio": dep_round / sim_round,
+              "simulation_rounds_s": simulation, "deployment_rounds_s": deployment,
+              "simulation_wall_s": simulation_wall, "deployment_wall_s": deployment_wall}
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Fast checks of the deployment pieces the loopback tests exercise end to end (deploy/, client, server)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client.app import partner_state_dir
+from server.strategy import minimum_stores
+from simulations.loopback import split_partners
+from tests.conftest import TINY_STORES, TINY_USERS, tiny_config, write_tiny_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "deploy"))
+import partner  # noqa: E402
+import warm_flower  # noqa: E402
+
+
+def _users(path: Path) -> set[str]:
+    with path.open(newline="") as handle:
+        return {row["user_id"] for row in csv.DictReader(handle)}
+
+
+def test_split_gives_each_partner_its_own_users_and_the_whole_catalog(tmp_path: Path) -> None:
+    dataset = write_tiny_dataset(tmp_path / "data")
+    partners = split_partners(dataset, tmp_path / "out")
+    assert [p.name for p in partners] == ["partner-1", "partner-2", "partner-3"]
+    users = [_users(p / "interactions.csv") for p in partners]
+    assert sum(len(u) for u in users) == TINY_USERS
+    assert set.union(*users) == _users(dataset / "interactions.csv")
+    assert all((p / "items.csv").read_bytes() == (dataset / "items.csv").read_bytes() for p in partners)
+    assert (tmp_path / "out" / "federation" / "users.csv").is_file()
+
+
+def test_a_valid_data_mount_passes(tmp_path: Path) -> None:
+    assert partner.check_data_mount(write_tiny_dataset(tmp_path / "data")) is None
+
+
+def test_a_missing_data_mount_is_named(tmp_path: Path) -> None:
+    assert partner.check_data_mount(tmp_path / "nowhere") == (
+        f"data mount {tmp_path / 'nowhere'}: not a directory (mount the partner's CSV files there)")
+
+
+def test_a_malformed_data_mount_names_file_line_and_field(tmp_path: Path) -> None:
+    data = write_tiny_dataset(tmp_path / "data")
+    lines = (data / "interactions.csv").read_text().splitlines()
+    lines[5] = "4,7,last tuesday,3"
+    (data / "interactions.csv").write_text("\n".join(lines) + "\n")
+    problem = partner.check_data_mount(data)
+    assert problem is not None
+    assert f"{data / 'interactions.csv'}:6: timestamp" in problem
+
+
+def test_partner_with_a_bad_mount_exits_2_before_starting_flower(tmp_path: Path) -> None:
+    started = time.monotonic()
+    command = [sys.executable, str(REPO / "deploy" / "partner.py"), "--superlink", "127.0.0.1:1",
+               "--insecure", "--data-dir", str(tmp_path / "none"), "--state-dir", str(tmp_path / "s")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == partner.EXIT_BAD_DATA
+    assert "fedrec partner: not joining the federation: data mount" in done.stderr
+    assert "Starting Flower SuperNode" not in done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_an_unwritable_state_dir_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert partner.check_state_dir(blocker / "state") is not None
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({}, len(TINY_STORES)),                                                    # everyone, by default
+    ({"accept_failures": True}, 1),                                            # no DP, no SecAgg+
+    ({"accept_failures": True, "privacy": "user", "secagg": True, "secagg_num_shares": 3,
+      "secagg_reconstruction_threshold": 2, "noise_share_stores": 2}, 2),      # K and the threshold
+])
+def test_rounds_wait_for_all_stores_unless_failures_are_accepted(tiny_data: Path, overrides: dict,
+                                                                 expected: int) -> None:
+    assert minimum_stores(tiny_config(tiny_data, **overrides), len(TINY_STORES)) == expected
+
+
+def test_partner_state_is_kept_per_run_dir_so_a_resumed_run_finds_it(tiny_data: Path) -> None:
+    root = Path("/state")
+    named = tiny_config(tiny_data, run_dir="/runs/demo")
+    assert partner_state_dir(root, named, 11) == partner_state_dir(root, named, 12) == root / "runs" / "demo"
+    assert partner_state_dir(root, tiny_config(tiny_data), 12) == root / "runs" / "run-12"
+
+
+def test_forked_tasks_get_the_arguments_flowers_subprocess_executor_passes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor
+    from flwr.supercore.superexec.executor.types import ExecutionSpec
+
+    spec = ExecutionSpec(task_type=TaskType.CLIENT_APP, runtime_api_address="127.0.0.1:9094", token="t0k",
+                         insecure=False, root_certificates_path="/ca.crt", runtime_dependency_install=False,
+                         parent_pid=42, suppress_output=False, task_id=7)
+    launched: list[list[str]] = []
+    monkeypatch.setattr(subprocess_executor.subprocess, "Popen", lambda args, **_: launched.append(args))
+    subprocess_executor.SubprocessExecutor().launch(spec)
+    assert warm_flower.task_argv(spec) == launched[0]
+
+
+def test_fast_polling_caps_flowers_sleeps_and_object_pull_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
+
+    for function in vars(inflatable_utils).values():  # restored after the test, like the modules' time
+        if callable(function) and getattr(function, "__kwdefaults__", None):
+            monkeypatch.setattr(function, "__kwdefaults__", dict(function.__kwdefaults__))
+    defaults = inflatable_utils.pull_objects.__kwdefaults__
+    monkeypatch.setattr(http_grid, "time", http_grid.time)
+    monkeypatch.setattr(start_client_internal, "time", start_client_internal.time)
+    warm_flower.install_fast_polling(0.05)
+    started = time.monotonic()
+    http_grid.time.sleep(3)
+    assert time.monotonic() - started < 1.0
+    assert defaults["backoff_cap"] == 0.05
+    assert defaults["initial_backoff"] == pytest.approx(0.0125)
