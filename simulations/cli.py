@@ -79,13 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--model", choices=("neumf", "itempop"), default="neumf")
     cen.set_defaults(func=cmd_centralized)
     for name, (module, help_text) in OWNED_SUBCOMMANDS.items():
-        try:
-            configure = importlib.import_module(module).configure
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module.startswith(exc.name):
-                raise
-            continue  # that side is not installed in this checkout
-        configure(sub.add_parser(name, help=help_text))
+        importlib.import_module(module).configure(sub.add_parser(name, help=help_text))
     return parser
 
 
