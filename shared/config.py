@@ -166,14 +166,19 @@ def validated(config: RunConfig) -> RunConfig:
     return config
 
 
-def load_toml_overrides(path: str | Path) -> dict[str, Any]:
-    """Read a scenario file: a flat TOML table of kebab-case keys (``[config]`` table or top level)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; an unreadable or malformed file is a ConfigError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_toml_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a scenario file: a flat TOML table of kebab-case keys (``[config]`` table or top level)."""
+    data = read_toml(path)
     table = data.get("config", data)
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [config] must be a table of key = value")

@@ -10,13 +10,12 @@ Refused before any simulation starts, with the key named: an unknown key (anywhe
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.config import ConfigError, RunConfig, from_mapping
+from shared.config import ConfigError, RunConfig, from_mapping, read_toml
 
 # σ above this buys nothing measurable on any dataset fedrec targets (the model learns only noise) and usually
 # means a target ε the configured rounds and sampling rate cannot sensibly reach: refuse it instead.
@@ -114,12 +113,7 @@ AUDIT_KEYS = {
 def load_audit_config(path: str | Path, output_dir: str | None = None) -> AuditConfig:
     """Read and validate an audit TOML (see simulations/configs/audit.toml); nothing runs here."""
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return audit_config_from_mapping(raw, default_name=path.stem, output_dir=output_dir)
+    return audit_config_from_mapping(read_toml(path), default_name=path.stem, output_dir=output_dir)
 
 
 def audit_config_from_mapping(
