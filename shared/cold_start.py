@@ -30,6 +30,7 @@ from shared.model import NeuMF
 
 MAPPING_FORMAT = 1
 FLOAT = np.float32
+REJECTION_SLACK = 4  # draw this many times the negatives needed per try; enumerate below that
 NEGATIVES_PER_CLICK = 4  # NeuMF's training ratio (He et al. 2017): the loss the model was trained on
 USER_PRIOR_WEIGHT = 1e-2  # L2 pull of a folded-in user towards its start: one click must not overfit
 TEXT_POPULARITY_WEIGHT = 3.0  # picked on validation items in 4 of 5 seeds (docs/cold_start.md)
@@ -299,6 +300,20 @@ class _Adam:
         value -= corrected * moments[0] / (np.sqrt(moments[1]) + self.eps)
 
 
+def sample_unclicked(rng: np.random.Generator, n_items: int, clicked: np.ndarray, count: int) -> np.ndarray:
+    """Up to ``count`` distinct items outside ``clicked``, uniformly. Rejection sampling keeps a click's
+    online refit O(clicks) on a large catalog; enumerating the catalog (O(items)) is left to small ones."""
+    available = n_items - len(np.unique(clicked))
+    count = min(count, available)
+    if count * REJECTION_SLACK >= available:
+        return rng.choice(np.setdiff1d(np.arange(n_items), clicked), size=count, replace=False)
+    drawn = np.zeros(0, dtype=np.int64)
+    while len(drawn) < count:
+        more = rng.integers(0, n_items, size=REJECTION_SLACK * count)
+        drawn = np.unique(np.concatenate([drawn, more[~np.isin(more, clicked)]]))
+    return rng.permutation(drawn)[:count]
+
+
 def fit_user_from_clicks(model: NeuMF, catalog: ItemVectors, clicked: np.ndarray, *, steps: int,
                          learning_rate: float, seed: int, start: UserVectors | None = None) -> UserVectors:
     """One new user's vectors fitted to ``clicked`` catalog indices, every shared parameter frozen.
@@ -320,9 +335,7 @@ def fit_user_from_clicks(model: NeuMF, catalog: ItemVectors, clicked: np.ndarray
     if start is None:
         start = UserVectors(np.zeros((1, gmf_dim), FLOAT), np.zeros((1, mlp_dim), FLOAT))
     rng = np.random.default_rng(seed)
-    candidates = np.setdiff1d(np.arange(len(catalog)), clicked)
-    negatives = rng.choice(candidates, size=min(len(candidates), NEGATIVES_PER_CLICK * clicked.size),
-                           replace=False)
+    negatives = sample_unclicked(rng, len(catalog), clicked, NEGATIVES_PER_CLICK * clicked.size)
     items = np.concatenate([clicked, negatives])
     labels = np.concatenate([np.ones(clicked.size), np.zeros(negatives.size)]).astype(FLOAT)
     out_weight = _numpy(model.out.weight)[0]

@@ -19,6 +19,7 @@ from shared.cold_start import (
     fit_item_mapping,
     fit_user_from_clicks,
     rank_for_text,
+    sample_unclicked,
     score,
     text_projection,
     user_vectors_of,
@@ -220,7 +221,7 @@ def test_fold_in_gradients_match_torch_autograd(hidden: tuple[int, ...]) -> None
     user = fit_user_from_clicks(model, catalog, np.array([2, 9]), steps=1, learning_rate=1e-3, seed=5,
                                 start=start)
     rng = np.random.default_rng(5)
-    negatives = rng.choice(np.setdiff1d(np.arange(N_ITEMS), [2, 9]), size=8, replace=False)
+    negatives = sample_unclicked(rng, N_ITEMS, np.array([2, 9]), 8)
     items = torch.as_tensor(np.concatenate([[2, 9], negatives]))
     gmf = torch.tensor(start.gmf, requires_grad=True)
     mlp = torch.tensor(start.mlp, requires_grad=True)
@@ -318,3 +319,17 @@ def test_held_out_items_and_users_leave_no_trace_in_the_training_data(tiny_data:
     assert set(holdout.warm_users[warm.users]).isdisjoint(holdout.cold_users)
     assert len(holdout.warm_items) + len(holdout.cold_items) == dataset.n_items
     assert holdout.warm.split.n_items == len(holdout.warm_items)  # cold items are not even negatives
+
+
+@pytest.mark.parametrize("n_items", [12, 1_000_000])
+def test_sampled_negatives_are_distinct_unclicked_items_on_small_and_large_catalogs(n_items: int) -> None:
+    clicked = np.array([0, 3, 5, 7])
+    negatives = sample_unclicked(np.random.default_rng(0), n_items, clicked, 8)
+    assert len(negatives) == 8 and len(set(negatives.tolist())) == 8
+    assert not set(negatives.tolist()) & set(clicked.tolist())
+    assert ((negatives >= 0) & (negatives < n_items)).all()
+
+
+def test_no_more_negatives_than_unclicked_items_exist() -> None:
+    negatives = sample_unclicked(np.random.default_rng(0), 6, np.array([0, 1, 2, 2]), 50)
+    assert sorted(negatives.tolist()) == [3, 4, 5]
