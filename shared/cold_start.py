@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +53,18 @@ def _matrix(array: np.ndarray, name: str, columns: int | None = None) -> np.ndar
     return out
 
 
+Vectors = TypeVar("Vectors")
+
+
+def _unchecked(cls: type[Vectors], **fields: np.ndarray) -> Vectors:
+    """An instance built without ``__post_init__``'s checks, for rows taken from already-checked vectors: on
+    the serving path the checks cost more than scoring the rows does."""
+    out = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
 @dataclass(frozen=True)
 class ItemVectors:
     """Items as NeuMF scores them: GMF vectors [n, gmf_dim], MLP vectors [n, mlp_dim], bias [n]."""
@@ -75,8 +88,13 @@ class ItemVectors:
         return ItemVectors(np.concatenate([self.gmf, other.gmf]), np.concatenate([self.mlp, other.mlp]),
                            np.concatenate([self.bias, other.bias]))
 
+    @classmethod
+    def trusted(cls, gmf: np.ndarray, mlp: np.ndarray, bias: np.ndarray) -> ItemVectors:
+        """Rows of vectors that were already checked (taken from validated vectors), not checked again."""
+        return _unchecked(cls, gmf=gmf, mlp=mlp, bias=bias)
+
     def take(self, indices: np.ndarray) -> ItemVectors:
-        return ItemVectors(self.gmf[indices], self.mlp[indices], self.bias[indices])
+        return ItemVectors.trusted(self.gmf[indices], self.mlp[indices], self.bias[indices])
 
     def stacked(self) -> np.ndarray:
         """[n, gmf_dim + mlp_dim + 1]: the regression target of ``fit_item_mapping``."""
@@ -100,7 +118,7 @@ class UserVectors:
         return len(self.gmf)
 
     def take(self, indices: np.ndarray) -> UserVectors:
-        return UserVectors(self.gmf[indices], self.mlp[indices])
+        return _unchecked(UserVectors, gmf=self.gmf[indices], mlp=self.mlp[indices])
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -134,32 +152,52 @@ def _linears(model: NeuMF) -> list[nn.Linear]:
     return [layer for layer in model.mlp if isinstance(layer, nn.Linear)]
 
 
-def score(model: NeuMF, users: UserVectors, items: ItemVectors) -> np.ndarray:
+@dataclass(frozen=True)
+class ScoringHead:
+    """NeuMF above its embeddings (output layer and MLP layers) as NumPy arrays.
+
+    Why a copy: reading the weights out of torch costs ~0.1 ms per call, more than scoring a few hundred
+    candidates does, so the service reads them once per model (``ScoringHead.of``) and passes the head to
+    ``score`` and ``fit_user_from_clicks``, which take either a model or its head.
+    """
+
+    out_weight: np.ndarray                               # [gmf_dim + last MLP width]
+    out_bias: float
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]    # (weight [out, in], bias [out]) per MLP layer
+
+    @classmethod
+    def of(cls, model: NeuMF | ScoringHead) -> ScoringHead:
+        if isinstance(model, ScoringHead):
+            return model
+        return cls(_numpy(model.out.weight)[0].copy(), float(model.out.bias.detach()[0]),
+                   tuple((_numpy(layer.weight).copy(), _numpy(layer.bias).copy())
+                         for layer in _linears(model)))
+
+
+def score(model: NeuMF | ScoringHead, users: UserVectors, items: ItemVectors) -> np.ndarray:
     """NeuMF's logits [n_users, n_items] for every (user, item) pair of the given vectors.
 
     The same function as ``model(users, items)``, vectorised like ``NeuMF.score_all_items``: the first MLP
     layer is linear, so its user half is applied once per user and its item half once per item, and only the
     (small) later layers see the [users × items] grid.
     """
-    out_weight = _numpy(model.out.weight)[0]
-    out_bias = float(model.out.bias.detach()[0])
+    head = ScoringHead.of(model)
+    out_weight = head.out_weight
     gmf_dim = users.gmf.shape[1]
     gmf_part = (users.gmf * out_weight[:gmf_dim]) @ items.gmf.T
-    layers = _linears(model)
-    if not layers:  # no hidden layer: the MLP tower is the concatenation itself
+    if not head.layers:  # no hidden layer: the MLP tower is the concatenation itself
         mlp_weight = out_weight[gmf_dim:]
         user_part = users.mlp @ mlp_weight[:users.mlp.shape[1]]
         item_part = items.mlp @ mlp_weight[users.mlp.shape[1]:]
-        logits = gmf_part + user_part[:, None] + item_part[None, :] + out_bias + items.bias[None, :]
+        logits = gmf_part + user_part[:, None] + item_part[None, :] + head.out_bias + items.bias[None, :]
         return logits.astype(FLOAT)
-    first = layers[0]
-    first_weight = _numpy(first.weight)
+    first_weight, first_bias = head.layers[0]
     user_weight, item_weight = first_weight[:, :users.mlp.shape[1]], first_weight[:, users.mlp.shape[1]:]
-    hidden = (users.mlp @ user_weight.T + _numpy(first.bias))[:, None, :] + (items.mlp @ item_weight.T)[None]
+    hidden = (users.mlp @ user_weight.T + first_bias)[:, None, :] + (items.mlp @ item_weight.T)[None]
     np.maximum(hidden, 0.0, out=hidden)
-    for layer in layers[1:]:
-        hidden = np.maximum(hidden @ _numpy(layer.weight).T + _numpy(layer.bias), 0.0)
-    return (gmf_part + hidden @ out_weight[gmf_dim:] + out_bias + items.bias[None, :]).astype(FLOAT)
+    for weight, bias in head.layers[1:]:
+        hidden = np.maximum(hidden @ weight.T + bias, 0.0)
+    return (gmf_part + hidden @ out_weight[gmf_dim:] + head.out_bias + items.bias[None, :]).astype(FLOAT)
 
 
 @dataclass(frozen=True)
@@ -314,7 +352,7 @@ def sample_unclicked(rng: np.random.Generator, n_items: int, clicked: np.ndarray
     return rng.permutation(drawn)[:count]
 
 
-def fit_user_from_clicks(model: NeuMF, catalog: ItemVectors, clicked: np.ndarray, *, steps: int,
+def fit_user_from_clicks(model: NeuMF | ScoringHead, catalog: ItemVectors, clicked: np.ndarray, *, steps: int,
                          learning_rate: float, seed: int, start: UserVectors | None = None) -> UserVectors:
     """One new user's vectors fitted to ``clicked`` catalog indices, every shared parameter frozen.
 
@@ -338,10 +376,11 @@ def fit_user_from_clicks(model: NeuMF, catalog: ItemVectors, clicked: np.ndarray
     negatives = sample_unclicked(rng, len(catalog), clicked, NEGATIVES_PER_CLICK * clicked.size)
     items = np.concatenate([clicked, negatives])
     labels = np.concatenate([np.ones(clicked.size), np.zeros(negatives.size)]).astype(FLOAT)
-    out_weight = _numpy(model.out.weight)[0]
+    head = ScoringHead.of(model)
+    out_weight = head.out_weight
     gmf_out = catalog.gmf[items] * out_weight[:gmf_dim]  # d logit / d gmf_user, per item
-    fixed = catalog.bias[items] + float(model.out.bias.detach()[0])
-    layers = [(_numpy(layer.weight), _numpy(layer.bias)) for layer in _linears(model)]
+    fixed = catalog.bias[items] + head.out_bias
+    layers = list(head.layers)
     if layers:
         user_first = layers[0][0][:, :mlp_dim]
         item_first = catalog.mlp[items] @ layers[0][0][:, mlp_dim:].T + layers[0][1]
@@ -386,7 +425,7 @@ class QueryPlacement:
     """What ``rank_for_text`` needs to rank in the model's own space: the query is placed like a new item
     (``mapping``) and folded in as the user's one click (``fit_user_from_clicks``)."""
 
-    model: NeuMF
+    model: NeuMF | ScoringHead
     mapping: ItemMapping
     catalog: ItemVectors
     start: UserVectors | None = None

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from client.serving.bootstrap import RunningRecommender
 from client.serving.interaction_log import ADDED_ITEMS_FILE, INTERACTIONS_FILE, read_records
 from client.serving.model_bundle import ModelLoadError
-from client.serving.service import SERVICE_NAME, start_server
+from client.serving.service import SERVICE_NAME, RunningServer, start_server
 from shared.atomic import write_atomic
 from shared.proto import recommend_pb2 as pb
 from shared.proto import recommend_pb2_grpc as pb_grpc
@@ -38,10 +38,10 @@ class Served:
     channel: grpc.Channel
 
 
-def _serve(run: TinyRun) -> tuple[Served, grpc.Server]:
+def _serve(run: TinyRun) -> tuple[Served, RunningServer]:
     running = open_tiny(run, max_k=MAX_K)
-    server, port = start_server(running.recommender, fast_settings(max_k=MAX_K), str(run.run_dir))
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    server = start_server(running.recommender, fast_settings(max_k=MAX_K), str(run.run_dir))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     return Served(run, running, pb_grpc.RecommenderStub(channel), channel), server
 
 
@@ -50,7 +50,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     handle, server = _serve(make_tiny_run(tmp_path))
     yield handle
     handle.channel.close()
-    server.stop(grace=None).wait()
+    server.stop(grace=None)
 
 
 def _code(call: object) -> tuple[grpc.StatusCode, str]:
@@ -206,7 +206,7 @@ def test_clicks_and_added_items_survive_a_restart(tmp_path: Path) -> None:
     handle.stub.AddItem(pb.AddItemRequest(item_id="tent", text="Two-person tent", categories=["Outdoor"]))
     handle.stub.RecordInteraction(pb.InteractionRequest(user_id="hiker", item_id="tent"))
     handle.channel.close()
-    server.stop(grace=None).wait()
+    server.stop(grace=None)
     again, server = _serve(handle.run)
     try:
         reply = again.stub.Recommend(pb.RecommendRequest(user_id="hiker", k=3))
@@ -215,7 +215,7 @@ def test_clicks_and_added_items_survive_a_restart(tmp_path: Path) -> None:
         assert [r["item_id"] for r in read_records(handle.run.state_dir / ADDED_ITEMS_FILE)] == ["tent"]
     finally:
         again.channel.close()
-        server.stop(grace=None).wait()
+        server.stop(grace=None)
 
 
 # -- hot reload -------------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class ItemSpace:
         self.retrieval.append(retrieval_rows(vectors))
 
     def take(self, rows: np.ndarray) -> ItemVectors:
-        return ItemVectors(self.gmf.view()[rows], self.mlp.view()[rows], self.bias.view()[rows])
+        return ItemVectors.trusted(self.gmf.view()[rows], self.mlp.view()[rows], self.bias.view()[rows])
 
     def vectors(self, size: int) -> ItemVectors:
         """All of the first ``size`` items (the online refit samples negatives among them)."""

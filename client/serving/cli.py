@@ -30,7 +30,8 @@ HELP = {
     "refresh_learning_rate": "learning rate of the online refit",
     "explain_items": "past items named per recommendation (explain)",
     "mapping_ridge": "ridge of the text -> item map fitted when the run has no cold_start.npz",
-    "workers": "gRPC worker threads", "seed": "seed of the online refit's negatives",
+    "workers": "threads for the slow requests (text encoding, click log and refit)",
+    "seed": "seed of the online refit's negatives",
 }
 
 
@@ -73,15 +74,15 @@ def serve(args: argparse.Namespace) -> int:
     except (ModelLoadError, TextEncoderError) as exc:
         print(f"fedrec serve: cannot start: {exc}", file=sys.stderr)
         return 1
-    server, port = start_server(running.recommender, settings, str(args.run_dir))
+    server = start_server(running.recommender, settings, str(args.run_dir))
     running.watcher.start()
     info = running.recommender.info()
-    print(f"fedrec serve: listening on {settings.host}:{port} — model {info.model_version}, "
+    print(f"fedrec serve: listening on {settings.host}:{server.port} — model {info.model_version}, "
           f"{info.catalog_size} items, {info.known_users} known shoppers", flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     stopped.wait()
     running.watcher.stop()
-    server.stop(grace=5).wait()
+    server.stop(grace=5)
     return 0

@@ -169,7 +169,7 @@ class Recommender:
         start = model.users.take(np.array([row])) if row is not None else model.fallback_user()
         size = len(snapshot.space)
         clicked = np.unique(np.asarray(self._history.get(user_id, []), dtype=np.int64))
-        return fit_user_from_clicks(model.model, snapshot.space.vectors(size), clicked[clicked < size],
+        return fit_user_from_clicks(model.head, snapshot.space.vectors(size), clicked[clicked < size],
                                     steps=self.settings.refresh_steps,
                                     learning_rate=self.settings.refresh_learning_rate,
                                     seed=self.settings.seed, start=start)
@@ -260,7 +260,7 @@ class Recommender:
             candidates = candidates[~np.isin(candidates, seen)]
         if not len(candidates):
             return candidates, np.zeros(0, np.float32)
-        scores = score(snap.model.model, user, snap.space.take(candidates))[0]
+        scores = score(snap.model.head, user, snap.space.take(candidates))[0]
         if diversity > 0:
             best = top_indices(scores, pool)
             picks = best[mmr(scores[best], snap.space.unit.view()[candidates[best]], k, diversity)]
@@ -297,7 +297,7 @@ class Recommender:
         embedding = self.embedder.encode([text])[0]
         # The colleague's measured best (docs/cold_start.md): place the query like an item, fold it in as a
         # new shopper's one click, and let the model rank the catalog.
-        placement = QueryPlacement(snap.model.model, snap.model.mapping, snap.space.vectors(size),
+        placement = QueryPlacement(snap.model.head, snap.model.mapping, snap.space.vectors(size),
                                    start=snap.model.fallback_user(), steps=self.settings.refresh_steps,
                                    learning_rate=self.settings.refresh_learning_rate, seed=self.settings.seed)
         scores = rank_for_text(embedding, self.items.text.view(size), placement=placement)

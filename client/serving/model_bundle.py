@@ -35,6 +35,7 @@ from shared.cold_start import (
     ColdStartError,
     ItemMapping,
     ItemVectors,
+    ScoringHead,
     UserVectors,
     catalog_item_vectors,
     fit_item_mapping,
@@ -120,6 +121,7 @@ class ServingModel:
 
     config: RunConfig
     model: NeuMF                # shared parameters + this store's users' private embeddings, eval mode
+    head: ScoringHead           # the model's head as NumPy, read once (what requests score with)
     user_row: dict[str, int]    # raw user id -> row of the store's embedding tables
     users: UserVectors          # every store user's vectors
     item_vectors: ItemVectors   # the dataset catalog's vectors, as the model scores them
@@ -200,7 +202,8 @@ def load_serving_model(paths: ServingPaths, catalog_text: np.ndarray, mapping_ri
     items = catalog_item_vectors(model)
     mapping, source = _mapping(paths, model, catalog_text, items, mapping_ridge)
     return ServingModel(
-        config=config, model=model, user_row={user: row for row, user in enumerate(user_ids.tolist())},
+        config=config, model=model, head=ScoringHead.of(model),
+        user_row={user: row for row, user in enumerate(user_ids.tolist())},
         users=user_vectors_of(model, np.arange(len(user_ids))), item_vectors=items, mapping=mapping,
         mapping_source=source, gmf_output_weight=model.out.weight.detach().numpy()[0, :config.gmf_dim].copy(),
         version=_model_version(paths), loaded_at=time.time())

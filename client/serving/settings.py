@@ -33,7 +33,7 @@ class ServeSettings:
     refresh_learning_rate: float = 0.01  # both as validated in docs/cold_start.md (FOLD_IN_* there)
     explain_items: int = 2           # past items named per recommendation when explain = true
     mapping_ridge: float = 1.0       # ridge of the text -> item map fitted when cold_start.npz is absent
-    workers: int = 8                 # gRPC worker threads
+    workers: int = 8                 # threads for slow requests (encoding, click log); ranking: the loop
     seed: int = 0                    # negatives of the online refit
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ from client.serving.catalog import ItemTable
 from client.serving.engine import Embedder, Recommender
 from client.serving.model_bundle import ServingModel
 from client.serving.settings import ServeSettings
-from shared.cold_start import ItemMapping, ItemVectors, UserVectors
+from shared.cold_start import ItemMapping, ItemVectors, ScoringHead, UserVectors
 from shared.config import from_mapping
 from shared.model import ModelShape, NeuMF
 
@@ -58,7 +58,8 @@ def synthetic_model(n_items: int, seed: int = 0, text_dim: int = TEXT_DIM) -> tu
     text /= np.linalg.norm(text, axis=1, keepdims=True)
     mapping = ItemMapping(rng.normal(scale=0.05, size=(text_dim, GMF_DIM + MLP_DIM + 1)).astype(np.float32),
                           np.zeros(GMF_DIM + MLP_DIM + 1, np.float32), GMF_DIM, MLP_DIM)
-    model = ServingModel(config=config, model=head, user_row={f"u{n}": n for n in range(USERS)}, users=users,
+    model = ServingModel(config=config, model=head, head=ScoringHead.of(head),
+                         user_row={f"u{n}": n for n in range(USERS)}, users=users,
                          item_vectors=items, mapping=mapping, mapping_source="synthetic",
                          gmf_output_weight=head.out.weight.detach().numpy()[0, :GMF_DIM].copy(),
                          version=f"synthetic-{n_items}", loaded_at=time.time())
