@@ -22,6 +22,7 @@ from shared.config import RunConfig
 
 PRIVATE_PARAMETERS = ("gmf_user.weight", "mlp_user.weight")
 EMBEDDING_INIT_STD = 0.01  # NCF's reference initialisation N(0, 0.01)
+CPU_SCORE_CHUNK_USERS = 8  # users per pass of score_all_items' later MLP layers on CPU (4-16 measured alike)
 
 
 ITEM_TOWERS = ("id", "text", "hybrid")
@@ -129,7 +130,10 @@ class NeuMF(nn.Module):
 
         The same function as ``forward`` on every (user, item) pair, computed without materialising the
         [users × items × 2·mlp_dim] concatenation: the first MLP layer is linear, so its user and item halves
-        are applied once per user and once per item and added (the largest share of evaluation time).
+        are applied once per user and once per item and added (the largest share of evaluation time). The
+        output layer is split the same way (GMF part: one matrix product), and on CPU the later MLP layers run
+        ``CPU_SCORE_CHUNK_USERS`` users at a time, so their [users × items × width] activations stay in
+        cache: 2.3× faster for a store's evaluation here (83 → 33 ms for 94 users × 1,682 items).
         """
         items = torch.arange(self.shape.n_items, device=users.device)
         if not self.shape.hidden:
@@ -138,10 +142,15 @@ class NeuMF(nn.Module):
         first = self.mlp[0]
         assert isinstance(first, nn.Linear)
         user_weight, item_weight = first.weight.split(self.shape.mlp_dim, dim=1)
-        hidden = (self.mlp_user(users) @ user_weight.T)[:, None, :] + (mlp_item @ item_weight.T)[None, :, :]
-        hidden = self.mlp[1:](hidden + first.bias)
-        gmf = self.gmf_user(users)[:, None, :] * gmf_item[None, :, :]
-        logits = self.out(torch.cat([gmf, hidden.expand(len(users), -1, -1)], dim=-1)).squeeze(-1)
+        item_half = mlp_item @ item_weight.T + first.bias
+        user_half = self.mlp_user(users) @ user_weight.T
+        out_weight = self.out.weight[0]
+        gmf_out, mlp_out = out_weight[:self.shape.gmf_dim], out_weight[self.shape.gmf_dim:]
+        logits = (self.gmf_user(users) * gmf_out) @ gmf_item.T + self.out.bias
+        chunk = CPU_SCORE_CHUNK_USERS if users.device.type == "cpu" else max(len(users), 1)
+        for start in range(0, len(users), chunk):
+            hidden = self.mlp[1:](user_half[start:start + chunk, None, :] + item_half[None])
+            logits[start:start + chunk] += hidden @ mlp_out
         if self.shape.item_tower == "text":
             logits = logits + self.item_bias.weight[:, 0][None, :]
         return logits
