@@ -195,7 +195,8 @@ def refresh_private_embeddings(
         settings = TrainSettings(
             config.user_refresh_epochs, config.batch_size, config.learning_rate, config.num_negatives
         )
-        train_pointwise(model, pairs, settings, rng, device)
+        with model.frozen_item_vectors():
+            train_pointwise(model, pairs, settings, rng, device)
     finally:
         for p in shared:
             p.requires_grad_(True)

@@ -12,6 +12,8 @@ place this split is declared; every other module asks ``is_private``/``shared_na
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +68,7 @@ class NeuMF(nn.Module):
         # Many pairs: project the whole catalog once and look rows up (fast). Per-example gradient methods
         # (Opacus) need each pair's own projection instead, or the catalog's rows become the "batch".
         self.project_catalog_once = True
+        self._frozen_items: tuple[torch.Tensor, torch.Tensor] | None = None  # see frozen_item_vectors
         self.gmf_user = nn.Embedding(n_users, shape.gmf_dim)
         self.mlp_user = nn.Embedding(n_users, shape.mlp_dim)
         if shape.uses_ids:
@@ -95,8 +98,24 @@ class NeuMF(nn.Module):
         for emb in (self.gmf_user, self.mlp_user):
             nn.init.normal_(emb.weight, std=EMBEDDING_INIT_STD)
 
+    @contextmanager
+    def frozen_item_vectors(self) -> Iterator[None]:
+        """Compute every item's vectors once and look them up, while the shared parameters do not change
+        (the stores' refit of their private user embeddings): otherwise each batch re-projects the catalog's
+        text. The caller freezes the shared parameters; the vectors carry no gradient."""
+        with torch.no_grad():
+            self._frozen_items = self.item_vectors(torch.arange(self.shape.n_items,
+                                                                device=self.gmf_user.weight.device))
+        try:
+            yield
+        finally:
+            self._frozen_items = None
+
     def item_vectors(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The (GMF, MLP) item representations of ``items``."""
+        if self._frozen_items is not None:
+            return (nn.functional.embedding(items, self._frozen_items[0]),
+                    nn.functional.embedding(items, self._frozen_items[1]))
         gmf = mlp = None
         if self.shape.uses_text:
             table: torch.Tensor = self.item_features  # type: ignore[assignment]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from shared.model import (
+    CPU_SCORE_CHUNK_USERS,
     PRIVATE_PARAMETERS,
     ModelShape,
     NeuMF,
@@ -103,3 +104,43 @@ def test_score_all_items_equals_forward_on_every_pair(tower: str) -> None:
     with torch.no_grad():
         expected = model(users[:, None], torch.arange(50)[None, :])
     torch.testing.assert_close(model.score_all_items(users), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tower", ["id", "text", "hybrid"])
+def test_score_all_items_in_user_chunks_equals_forward(tower: str) -> None:
+    """More users than one CPU chunk (CPU_SCORE_CHUNK_USERS), and a partial last chunk."""
+    users = 2 * CPU_SCORE_CHUNK_USERS + 3
+    shape = ModelShape(n_items=50, gmf_dim=4, mlp_dim=8, hidden=(16, 8), item_tower=tower,
+                       feature_dim=0 if tower == "id" else 12)
+    torch.manual_seed(1)
+    net = NeuMF(users, shape, None if tower == "id" else torch.randn(50, 12)).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    ids = torch.arange(users)
+    with torch.no_grad():
+        expected = net(ids[:, None], torch.arange(50)[None, :])
+    torch.testing.assert_close(net.score_all_items(ids), expected, rtol=1e-5, atol=1e-5)
+    assert net.score_all_items(ids[:0]).shape == (0, 50)
+
+
+@pytest.mark.parametrize("tower", ["id", "text", "hybrid"])
+def test_frozen_item_vectors_train_users_exactly_like_the_live_ones(tower: str) -> None:
+    shape = ModelShape(n_items=50, gmf_dim=4, mlp_dim=8, hidden=(16, 8), item_tower=tower,
+                       feature_dim=0 if tower == "id" else 12)
+    features = torch.randn(50, 12, generator=torch.Generator().manual_seed(2))
+    users, items = torch.tensor([0, 1, 2, 3, 0, 5]), torch.tensor([3, 9, 9, 40, 7, 1])
+    trained = []
+    for frozen in (False, True):
+        torch.manual_seed(3)
+        net = NeuMF(N_USERS, shape, None if tower == "id" else features)
+        for name, p in net.named_parameters():
+            p.requires_grad_(is_private(name))
+        optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+        with net.frozen_item_vectors() if frozen else torch.enable_grad():
+            for _ in range(3):
+                optimizer.zero_grad()
+                net(users, items).sigmoid().sum().backward()
+                optimizer.step()
+        trained.append(torch.cat([net.gmf_user.weight, net.mlp_user.weight], dim=1).detach())
+        assert net._frozen_items is None  # the cache ends with the block
+    torch.testing.assert_close(trained[0], trained[1])
