@@ -8,6 +8,7 @@ by training popularity) is reported by ``--model itempop``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,8 @@ from shared.model import NeuMF
 from shared.split import Split
 from shared.training import TrainPairs, TrainSettings, train_pointwise
 from shared.workload import Workload, catalog_features, load_workload, model_shape
+
+FEATURE_STREAM = 7  # the random stream of ``epoch_features``, apart from the negatives' stream
 
 
 def _report(score_all_items: Any, split: Split, negatives: np.ndarray, config: RunConfig,
@@ -37,20 +40,30 @@ def train_centralized(config: RunConfig, epochs: int, verbose: bool = True) -> d
 
 
 def train_model(config: RunConfig, workload: Workload, features: np.ndarray | None, epochs: int,
-                verbose: bool = True) -> tuple[NeuMF, dict[str, Any]]:
+                verbose: bool = True,
+                epoch_features: Callable[[np.random.Generator], np.ndarray] | None = None
+                ) -> tuple[NeuMF, dict[str, Any]]:
     """``train_centralized`` on a given workload (e.g. one with cold items held out); returns the trained
-    model (eval mode) and its metrics."""
+    model (eval mode) and its metrics. ``epoch_features(rng)``, if given, supplies the text features each
+    epoch trains on (a cold-start probe drops titles at random); evaluation and the returned model use
+    ``features``."""
     started = time.perf_counter()
     device = pick_device(config)
     split, negatives = workload.split, workload.negatives
     torch.manual_seed(config.seed)
     shape = model_shape(config, split.n_items, features)
-    model = NeuMF(split.n_users, shape, None if features is None else torch.as_tensor(features)).to(device)
+    # a copy: ``epoch_features`` overwrite the model's buffer, which must not be the caller's array
+    model = NeuMF(split.n_users, shape, None if features is None else torch.tensor(features)).to(device)
     pairs, rng = TrainPairs(split), np.random.default_rng(config.seed)
     settings = TrainSettings(1, config.batch_size, config.learning_rate, config.num_negatives)
     curve = []
+    feature_rng = np.random.default_rng([config.seed, FEATURE_STREAM])
     for epoch in range(1, epochs + 1):
+        if epoch_features is not None:
+            _set_features(model, epoch_features(feature_rng))
         loss = train_pointwise(model, pairs, settings, rng, device)
+        if epoch_features is not None and features is not None:
+            _set_features(model, features)
         model.eval()
         valid = _report(model.score_all_items, split, negatives, config, device, "valid")
         curve.append({"epoch": epoch, "loss": loss, f"valid/hr@{config.top_k}": valid[f"hr@{config.top_k}"]})
@@ -63,6 +76,11 @@ def train_model(config: RunConfig, workload: Workload, features: np.ndarray | No
     return model, {"model": "neumf", **result, "epochs": epochs, "curve": curve, "seed": config.seed,
                    "torch_threads": config.torch_threads, "seconds": round(time.perf_counter() - started, 2),
                    "split": split.fingerprint()}
+
+
+def _set_features(model: NeuMF, features: np.ndarray) -> None:
+    buffer: torch.Tensor = model.item_features  # type: ignore[assignment]  # a registered buffer
+    buffer.copy_(torch.as_tensor(features))
 
 
 def item_popularity(config: RunConfig) -> dict[str, Any]:

@@ -6,7 +6,8 @@ rest (the same trainer as ``fedrec centralized``), once per item tower. Hyperpar
 the text query's popularity weight are chosen on each cold user's validation item, never on the test item.
 Ends with one JSON line.
 
-    .venv/bin/python -m simulations.benchmarks.cold_start_quality --seeds 0 1 2 --towers text id --epochs 20
+    .venv/bin/python -m simulations.benchmarks.cold_start_quality --seeds 0 1 2 --towers text id --epochs 20 \
+        [--title-dropout 0.5]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +228,16 @@ def evaluate_users(model: NeuMF, holdout: ColdHoldout, users: list[ColdUser], te
             for name, (per_n, chosen) in rows.items()}
 
 
+def title_dropout(text: np.ndarray, bare: np.ndarray, holdout: ColdHoldout, rate: float, tower: str
+                  ) -> Callable[[np.random.Generator], np.ndarray] | None:
+    """Per epoch, each warm item trains on its title-less text with probability ``rate`` (a probe: does a text
+    tower that cannot lean on titles place unseen items better?)."""
+    if rate <= 0 or tower == "id":
+        return None
+    full, without = text[holdout.warm_items], bare[holdout.warm_items]
+    return lambda rng: np.where((rng.random(len(full)) < rate)[:, None], without, full)
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Table]:
     towers, epochs = args.towers, args.epochs
     base = from_mapping({"seed": seed, "torch-threads": 1, "device": args.device})
@@ -241,7 +253,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Table]:
         config = base.replace(item_tower=tower)
         started = time.perf_counter()
         features = text[holdout.warm_items] if tower != "id" else None
-        model, warm_metrics = train_model(config, holdout.warm, features, epochs, verbose=False)
+        dropout = title_dropout(text, bare, holdout, args.title_dropout, tower)
+        model, warm_metrics = train_model(config, holdout.warm, features, epochs, verbose=False,
+                                          epoch_features=dropout)
         mapping = fit_mapping(model, text[holdout.warm_items], seed)
         placed = item_rows(model, holdout, text, bare, structured, seed)
         to_items, to_users = evaluate_items(model, holdout, placed, seed)
@@ -288,6 +302,8 @@ def main() -> None:
     parser.add_argument("--item-share", type=float, default=0.1)
     parser.add_argument("--user-share", type=float, default=0.1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--title-dropout", type=float, default=0.0,
+                        help="probe: per epoch, the share of warm items trained on their title-less text")
     parser.add_argument("--embeddings", type=Path,
                         help="npz of the text inputs: loaded if present, else written")
     parser.add_argument("--out", type=Path, help="also write the per-seed tables here (JSON)")
