@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client.serving.bootstrap import RunningRecommender
+from client.serving.bootstrap import RunningRecommender, open_recommender
 from client.serving.interaction_log import ADDED_ITEMS_FILE, INTERACTIONS_FILE, read_records
 from client.serving.model_bundle import ModelLoadError
 from client.serving.service import SERVICE_NAME, RunningServer, start_server
@@ -24,10 +24,18 @@ from shared.atomic import write_atomic
 from shared.proto import recommend_pb2 as pb
 from shared.proto import recommend_pb2_grpc as pb_grpc
 from tests.conftest import TINY_ITEMS
-from tests.serving_fixtures import TinyRun, fast_settings, make_tiny_run, open_tiny, write_model
+from tests.serving_fixtures import (
+    HashingEmbedder,
+    TinyRun,
+    fast_settings,
+    make_tiny_run,
+    open_tiny,
+    write_model,
+)
 
 MAX_K = 20
 RELOAD_CLIENTS = 4
+SLOW_ENCODE_S = 1.5
 
 
 @dataclass
@@ -347,3 +355,39 @@ def test_the_ann_path_recommends_like_exact_retrieval_and_serves_added_items(tmp
             [i.item_id for i in exact.recommend(user, 10).items]
     size, _ = ann.add_item("fresh", "Item 3 Action Comedy")
     assert size == len(ann.items) and ann.similar_items("fresh", 1)[0]
+
+
+# -- concurrency ------------------------------------------------------------------------------------------
+class SlowEmbedder(HashingEmbedder):
+    """Encoding that takes ``delay`` seconds: stands for MiniLM on a busy machine."""
+
+    delay = 0.0
+
+    def encode(self, texts):  # type: ignore[no-untyped-def]
+        time.sleep(self.delay)
+        return super().encode(texts)
+
+
+def test_a_slow_add_item_does_not_hold_up_recommendations(tmp_path: Path) -> None:
+    run = make_tiny_run(tmp_path)
+    embedder = SlowEmbedder()
+    running = open_recommender(run.run_dir, run.state_dir, fast_settings(max_k=MAX_K), embedder)
+    server = start_server(running.recommender, fast_settings(max_k=MAX_K), str(run.run_dir))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.RecommenderStub(channel)
+    try:
+        request = pb.RecommendRequest(user_id=run.store_users[0], k=3)
+        stub.Recommend(request)
+        embedder.delay = SLOW_ENCODE_S
+        adding = stub.AddItem.future(pb.AddItemRequest(item_id="slow", text="A slowly encoded item"))
+        time.sleep(0.1)  # the AddItem is now encoding on the worker pool
+        started = time.perf_counter()
+        replies = [stub.Recommend(request, timeout=SLOW_ENCODE_S) for _ in range(5)]
+        waited = time.perf_counter() - started
+        # answered while the add was still encoding
+        assert not adding.done() and waited < SLOW_ENCODE_S / 2
+        assert all(len(reply.items) == 3 for reply in replies)
+        assert adding.result(timeout=10).item_id == "slow"
+    finally:
+        channel.close()
+        server.stop(grace=None)
