@@ -343,9 +343,11 @@ def test_missing_store_embeddings_at_start_up_are_named(tmp_path: Path) -> None:
 
 def test_the_ann_path_recommends_like_exact_retrieval_and_serves_added_items(tmp_path: Path) -> None:
     run = make_tiny_run(tmp_path)
-    # ef-search as large as the tiny catalog: the graph search then reaches every item, so the comparison
-    # with exact retrieval does not depend on how a multi-threaded (nondeterministic) build wired the graph.
-    small = {"max_k": 10, "candidates": 40, "hnsw_ef_search": TINY_ITEMS, "score_all_below": 0}
+    # ef-search as large as the tiny catalog, and a one-thread (deterministic) build: a two-thread build wires
+    # the graph differently from run to run, and this comparison failed once in a loaded full-suite run (not
+    # reproduced in 21 runs alone), so the graph no longer depends on thread timing.
+    small = {"max_k": 10, "candidates": 40, "hnsw_ef_search": TINY_ITEMS, "score_all_below": 0,
+             "index_threads": 1}
     ann = open_tiny(run, ann_min_items=1, **small).recommender
     exact = open_tiny(run, **small).recommender
     assert type(ann.snapshot.index).__name__ == "AnnIndex"
