@@ -127,9 +127,13 @@ class ServingModel:
     item_vectors: ItemVectors   # the dataset catalog's vectors, as the model scores them
     mapping: ItemMapping        # text embedding -> item vectors (AddItem)
     mapping_source: str
-    gmf_output_weight: np.ndarray
     version: str
     loaded_at: float
+
+    @property
+    def gmf_output_weight(self) -> np.ndarray:
+        """The output layer's GMF weights: what turns a shopper's GMF vector into the retrieval query."""
+        return self.head.out_weight[:self.users.gmf.shape[1]]
 
     def fallback_user(self) -> UserVectors:
         """Mean of the store's users: the neutral start of a shopper the model has never seen."""
@@ -205,7 +209,7 @@ def load_serving_model(paths: ServingPaths, catalog_text: np.ndarray, mapping_ri
         config=config, model=model, head=ScoringHead.of(model),
         user_row={user: row for row, user in enumerate(user_ids.tolist())},
         users=user_vectors_of(model, np.arange(len(user_ids))), item_vectors=items, mapping=mapping,
-        mapping_source=source, gmf_output_weight=model.out.weight.detach().numpy()[0, :config.gmf_dim].copy(),
+        mapping_source=source,
         version=_model_version(paths), loaded_at=time.time())
 
 

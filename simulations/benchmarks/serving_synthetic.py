@@ -61,7 +61,6 @@ def synthetic_model(n_items: int, seed: int = 0, text_dim: int = TEXT_DIM) -> tu
     model = ServingModel(config=config, model=head, head=ScoringHead.of(head),
                          user_row={f"u{n}": n for n in range(USERS)}, users=users,
                          item_vectors=items, mapping=mapping, mapping_source="synthetic",
-                         gmf_output_weight=head.out.weight.detach().numpy()[0, :GMF_DIM].copy(),
                          version=f"synthetic-{n_items}", loaded_at=time.time())
     return model, text
 
