@@ -1,7 +1,8 @@
 """A partner store as a Flower ``NumPyClient``: local data, private user embeddings, local training.
 
 Only the shared parameters' update leaves the store (``fit`` returns a delta, or in user-level DP mode the
-clipped, noised sum of its users' deltas). User embeddings stay in the store's state directory.
+clipped, noised sum of its users' deltas), packed into one vector (shared/wire.py) as the global parameters
+arrive. User embeddings stay in the store's state directory.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from shared.config import RunConfig
 from shared.device import pick_device
 from shared.evaluation import HeldOut, evaluate_held_out
 from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
-from shared.model import PRIVATE_PARAMETERS, NeuMF, set_shared
+from shared.model import PRIVATE_PARAMETERS, NeuMF, set_shared, shared_parameter_shapes
 from shared.split import Split
+from shared.wire import pack, unpack
 from shared.workload import catalog_features, load_workload, model_shape, users_of_store
 
 EVAL_SPLITS: tuple[HeldOut, ...] = ("valid", "test")
@@ -82,7 +84,7 @@ class StoreClient(NumPyClient):
     def _model(self, parameters: list[np.ndarray], state: StoreState) -> NeuMF:
         torch.manual_seed(self.config.seed * 1_000_003 + self.store)
         model = NeuMF(self.data.split.n_users, self.shape, self.features)
-        set_shared(model, parameters)
+        set_shared(model, unpack(parameters, shared_parameter_shapes(model)))
         if state.embeddings is not None:
             params = dict(model.named_parameters())
             with torch.no_grad():
@@ -118,7 +120,7 @@ class StoreClient(NumPyClient):
             last = state.ledger.entries[-1]
             metrics.update(noise_multiplier=last.noise_multiplier, sample_rate=last.sample_rate,
                            steps=last.steps)
-        return update.arrays, update.weight, metrics
+        return pack(update.arrays), update.weight, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
         state = StoreState.load(self._directory(config), self.data.user_ids, self.config.delta)

@@ -2,9 +2,10 @@
 
 Flower's legacy ``FedAvg`` (which SecAgg+'s workflow drives in flwr 1.41) averages what stores send; fedrec's
 stores send *updates*, so this strategy keeps the global shared parameters itself and applies the aggregate
-through ``ServerOptimizer``. It also refuses the silent outcomes Flower allows: a round with failed stores
-(unless ``accept-failures``), a user-level DP round with fewer than K stores (the sum would carry less noise
-than promised), and a round whose aggregation never ran (SecAgg+ "halted" still lets the workflow "finish").
+through ``ServerOptimizer``; both travel packed into one vector (shared/wire.py). It also refuses the silent
+outcomes Flower allows: a round with failed stores (unless ``accept-failures``), a user-level DP round with
+fewer than K stores (the sum would carry less noise than promised), and a round whose aggregation never ran
+(SecAgg+ "halted" still lets the workflow "finish").
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from shared.config import RunConfig
 from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.metrics import mean_metrics
 from shared.privacy import federation_noise_multiplier, noise_shares
+from shared.wire import pack, unpack
 
 log = logging.getLogger("fedrec.server")
 
@@ -77,7 +79,7 @@ class FedRecStrategy(FedAvg):
             min_fit_clients=needed,
             min_evaluate_clients=needed,
             min_available_clients=needed,
-            initial_parameters=ndarrays_to_parameters(shared),
+            initial_parameters=ndarrays_to_parameters(pack(shared)),
             accept_failures=True,
             fit_metrics_aggregation_fn=_no_metrics,  # the stores' metrics are recorded per store in RunRecord
         )
@@ -149,14 +151,14 @@ class FedRecStrategy(FedAvg):
         mean_params, _ = super().aggregate_fit(server_round, results, [])
         if mean_params is None:
             raise RoundFailed(f"round {round_}: aggregation produced no parameters")
-        mean = parameters_to_ndarrays(mean_params)
+        mean = unpack(parameters_to_ndarrays(mean_params), [a.shape for a in self.shared])
         update = self._update_from_mean(mean, len(results))
         self.shared = self.optimizer.step(self.shared, update)
         metrics = [res.metrics for _, res in results]
         self._fit_loss = float(np.nanmean([float(m.get("loss", np.nan)) for m in metrics]))
         self.record.note_fit(round_, metrics, len(results))
         self.aggregated.add(server_round)
-        return ndarrays_to_parameters(self.shared), {"loss": self._fit_loss}
+        return ndarrays_to_parameters(pack(self.shared)), {"loss": self._fit_loss}
 
     def _update_from_mean(self, mean: list[np.ndarray], n_results: int) -> list[np.ndarray]:
         """The step direction. User-level DP: stores sent noised sums (weight 1 each), so the DP-FedAvg

@@ -213,8 +213,13 @@ def initial_shared(shape: ModelShape, seed: int) -> list[np.ndarray]:
     return get_shared(NeuMF(1, shape))
 
 
+def shared_parameter_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """Shapes of ``model``'s shared parameters, in ``shared_names`` order (how a packed message is cut)."""
+    return [tuple(p.shape) for p in shared_state(model).values()]
+
+
 def shared_shapes(shape: ModelShape) -> list[tuple[int, ...]]:
-    return [tuple(a.shape) for a in initial_shared(shape, 0)]
+    return shared_parameter_shapes(NeuMF(1, shape))
 
 
 def private_shapes(n_users: int, shape: ModelShape) -> list[tuple[int, ...]]:

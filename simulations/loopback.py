@@ -51,8 +51,10 @@ def wait_for_port(port: int, timeout: float = READY_TIMEOUT_S) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def superlink_command(secrets: Path, port: int, database: Path) -> list[str]:
-    """docker-compose.yml ``superlink`` (paths differ: /run/fedrec/secrets there)."""
+def superlink_command(secrets: Path, port: int, database: Path | None) -> list[str]:
+    """docker-compose.yml ``superlink`` (paths differ: /run/fedrec/secrets there). ``database`` None keeps
+    Flower's in-memory state instead (faster, but node registrations do not survive a SuperLink restart)."""
+    state = [] if database is None else ["--database", str(database)]
     return [str(BIN / "flower-superlink"),
             "--ssl-ca-certfile", str(secrets / keys.CA_CERT_FILE),
             "--ssl-certfile", str(secrets / keys.SUPERLINK_CERT_FILE),
@@ -60,7 +62,7 @@ def superlink_command(secrets: Path, port: int, database: Path) -> list[str]:
             "--enable-supernode-auth", "--isolation", "process",
             "--superexec-auth-secret-file", str(secrets / keys.SUPEREXEC_SECRET_FILE),
             "--disable-runtime-dependency-installation",
-            "--database", str(database), "--host", "127.0.0.1", "--port", str(port)]
+            *state, "--host", "127.0.0.1", "--port", str(port)]
 
 
 def serverapp_command(secrets: Path, port: int) -> list[str]:
@@ -90,6 +92,7 @@ class Deployment:
     root: Path
     partners: tuple[str, ...] = ("partner-1", "partner-2", "partner-3")
     port: int = field(default_factory=free_port)
+    durable_state: bool = True  # the SuperLink's state in a SQLite file, as in docker-compose.yml
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,7 +106,8 @@ class Deployment:
             f'[superlink]\ndefault = "{FEDERATION}"\n[superlink.{FEDERATION}]\n'
             f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.secrets / keys.CA_CERT_FILE}"\n')
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "PATH": f"{BIN}:{os.environ['PATH']}",
-                    "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONPATH": str(REPO)}
+                    "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",  # as the images' ENV
+                    "PYTHONPATH": str(REPO)}
 
     # -- processes -------------------------------------------------------------------------------------------
     def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -141,7 +145,8 @@ class Deployment:
 
     # -- the central team's side ---------------------------------------------------------------------------
     def start_superlink(self) -> None:
-        self.start("superlink", superlink_command(self.secrets, self.port, self.root / "superlink.db"))
+        database = self.root / "superlink.db" if self.durable_state else None
+        self.start("superlink", superlink_command(self.secrets, self.port, database))
         wait_for_port(self.port)
 
     def start_serverapp_side(self) -> None:

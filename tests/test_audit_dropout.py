@@ -19,7 +19,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from server.strategy import RoundFailed
 from shared.config import RunConfig
-from shared.model import ModelShape, initial_shared
+from shared.model import ModelShape, initial_shared, shared_shapes
+from shared.wire import unpack
 from tests.conftest import TINY_ITEMS, TINY_USERS
 from tests.inprocess import run_in_process
 from tests.test_privacy_e2e import (
@@ -57,11 +58,13 @@ def dropped_stores(rate: float) -> set[int]:
     return set(range(round(rate * STORES)))
 
 
-def survivors_sum(fits_dir: Path, survivors: list[int]) -> list[np.ndarray]:
+def survivors_sum(fits_dir: Path, survivors: list[int], config: RunConfig) -> list[np.ndarray]:
+    shapes = shared_shapes(ModelShape.from_config(config, TINY_ITEMS))
     arrays = []
     for store in survivors:
         with np.load(fits_dir / f"fit-1-{store}.npz") as data:
-            arrays.append([data[f"a{i}"].astype(np.float64) for i in range(len(data.files) - 1)])
+            sent = [data[f"a{i}"].astype(np.float64) for i in range(len(data.files) - 1)]
+            arrays.append(unpack(sent, shapes))
     return [np.sum([a[i] for a in arrays], axis=0) for i in range(len(arrays[0]))]
 
 
@@ -90,7 +93,8 @@ def test_ten_percent_dropout_after_key_sharing_gives_the_survivors_exact_sum(
         a.astype(np.float64) - s
         for a, s in zip(checkpoint_shared(Path(config.run_dir), 1), start, strict=True)
     ]
-    expected = [s / (config.user_sample_rate * TINY_USERS) for s in survivors_sum(fits_dir, survivors)]
+    survived = survivors_sum(fits_dir, survivors, config)
+    expected = [s / (config.user_sample_rate * TINY_USERS) for s in survived]
     bound = (STORES - 1) * quantization_step(config) / TINY_USERS + 1e-7
     assert max(float(np.abs(a - e).max()) for a, e in zip(applied, expected, strict=True)) < bound
     # the dropped store's update is not in it: adding it would move the model by far more than the bound

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 import time
@@ -123,3 +124,15 @@ def test_fast_polling_caps_flowers_sleeps_and_object_pull_backoff(monkeypatch: p
     assert time.monotonic() - started < 1.0
     assert defaults["backoff_cap"] == 0.05
     assert defaults["initial_backoff"] == pytest.approx(0.0125)
+
+
+@pytest.mark.parametrize(("operator_value", "expected"), [(None, "0"), ("1", "1")])
+def test_flower_telemetry_is_off_unless_the_operator_turns_it_on(operator_value: str | None,
+                                                                 expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
+    if operator_value is not None:
+        env["FLWR_TELEMETRY_ENABLED"] = operator_value
+    probe = "import shared, flwr.supercore.telemetry as t; print(t.FLWR_TELEMETRY_ENABLED)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == expected

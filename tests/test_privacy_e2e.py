@@ -35,6 +35,7 @@ from server.strategy import RoundFailed
 from shared.config import ConfigError, RunConfig, from_mapping
 from shared.model import ModelShape, initial_shared, private_shapes, shared_shapes
 from shared.privacy import federation_noise_multiplier, noise_shares
+from shared.wire import unpack
 from shared.workload import load_workload, users_of_store
 from simulations.simulate import SimulationFailed, simulate
 from tests.conftest import TINY_ITEMS, TINY_STORES, tiny_config, write_tiny_dataset
@@ -99,12 +100,20 @@ def reply_shapes(reply: Message) -> list[list[int]]:
             for array in record.values()]
 
 
-def recorded_fits(out_dir: Path, round_: int) -> list[tuple[list[np.ndarray], int]]:
+def recorded_fits(out_dir: Path, round_: int, config: RunConfig) -> list[tuple[list[np.ndarray], int]]:
+    """Each store's update as it computed it, unpacked from the one vector it sends (shared/wire.py)."""
+    shapes = shared_shapes(ModelShape.from_config(config, TINY_ITEMS))
     fits = []
     for store in range(STORES):
         with np.load(out_dir / f"fit-{round_}-{store}.npz") as data:
-            fits.append(([data[f"a{i}"] for i in range(len(data.files) - 1)], int(data["weight"])))
+            sent = [data[f"a{i}"] for i in range(len(data.files) - 1)]
+            fits.append((unpack(sent, shapes), int(data["weight"])))
     return fits
+
+
+def packed_shared(config: RunConfig) -> list[tuple[int, ...]]:
+    """The arrays of a store's train reply: one vector holding exactly the shared parameters, nothing else."""
+    return [(sum(int(np.prod(s)) for s in shared_shapes(ModelShape.from_config(config, TINY_ITEMS))),)]
 
 
 def weighted_mean(fits: list[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:
@@ -220,13 +229,14 @@ def test_no_reply_in_user_dp_mode_carries_a_private_tensor(
     assert forbidden == {0: {(10, 4), (10, 8)}, 1: {(10, 4), (10, 8)}, 2: {(10, 4), (10, 8)}}
     kinds = sorted(reply.metadata.message_type for reply in grid.replies)
     assert kinds == ["evaluate"] * 9 + ["train"] * 9 and not any(r.has_error() for r in grid.replies)
-    shared = shared_shapes(ModelShape.from_config(config, TINY_ITEMS))
     for reply in grid.replies:
         store = int(grid.contexts[reply.metadata.src_node_id].node_config["partition-id"])
         shapes = {tuple(s) for s in reply_shapes(reply)}
         assert not shapes & forbidden[store]
         if reply.metadata.message_type == "train":
-            assert [tuple(s) for s in reply_shapes(reply)] == shared
+            assert [tuple(s) for s in reply_shapes(reply)] == packed_shared(config)
+        else:
+            assert reply_shapes(reply) == []
 
 
 # -- the budget stop ----------------------------------------------------------------------------------------
@@ -267,7 +277,7 @@ def test_secagg_aggregate_is_the_mean_of_what_stores_sent_within_quantization_er
     for round_ in (1, 2):
         after = checkpoint_shared(Path(config.run_dir), round_)
         applied = [a.astype(np.float64) - s for a, s in zip(after, start, strict=True)]
-        plain = weighted_mean(recorded_fits(fits_dir, round_))
+        plain = weighted_mean(recorded_fits(fits_dir, round_, config))
         assert 0 < max_abs_difference(applied, plain) < bound + 1e-7   # 1e-7: float32 parameters
         assert max(float(np.abs(p).max()) for p in plain) > 100 * bound  # the updates are far above it
         start = after
@@ -431,11 +441,12 @@ def test_ray_user_dp_run_recomputes_its_ledger_and_sends_no_private_tensor(
         (kind, store) for kind in ("train", "evaluate") for store in range(STORES) for _ in range(3))
     assert not any(r["error"] for r in replies)
     forbidden = forbidden_shapes(config)
-    shared = shared_shapes(ModelShape.from_config(config, TINY_ITEMS))
     for reply in replies:
         assert not {tuple(a) for a in reply["arrays"]} & forbidden[reply["store"]], reply
         if reply["type"] == "train":
-            assert [tuple(a) for a in reply["arrays"]] == shared
+            assert [tuple(a) for a in reply["arrays"]] == packed_shared(config)
+        else:
+            assert reply["arrays"] == []
 
 
 @pytest.mark.slow
@@ -453,8 +464,8 @@ def test_ray_secagg_sum_equals_the_plain_sum_within_quantization_error(
     step, bound = quantization_step(config), STORES * quantization_step(config)
 
     # Round 1 starts from the same parameters, so every store sent the same update in both runs.
-    for (sent_secagg, w1), (sent_plain, w2) in zip(recorded_fits(runs[True][1], 1),
-                                                   recorded_fits(runs[False][1], 1), strict=True):
+    for (sent_secagg, w1), (sent_plain, w2) in zip(recorded_fits(runs[True][1], 1, config),
+                                                   recorded_fits(runs[False][1], 1, config), strict=True):
         assert w1 == w2 and max_abs_difference(sent_secagg, sent_plain) < 1e-6
     # Every SecAgg+ round applied the mean of what the stores sent, within < 1 level per store.
     run_dir, fits_dir = runs[True]
@@ -462,7 +473,8 @@ def test_ray_secagg_sum_equals_the_plain_sum_within_quantization_error(
     for round_ in (1, 2):
         after = checkpoint_shared(run_dir, round_)
         applied = [a.astype(np.float64) - s for a, s in zip(after, start, strict=True)]
-        assert max_abs_difference(applied, weighted_mean(recorded_fits(fits_dir, round_))) < bound + 1e-7
+        sent = weighted_mean(recorded_fits(fits_dir, round_, config))
+        assert max_abs_difference(applied, sent) < bound + 1e-7
         start = after
     assert max_abs_difference(checkpoint_shared(runs[True][0], 1), checkpoint_shared(runs[False][0], 1)) \
         < bound + 1e-7

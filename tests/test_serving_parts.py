@@ -27,6 +27,7 @@ from client.store import StoreClient, store_data
 from shared.messages import ROUND_KEY
 from shared.model import initial_shared
 from shared.split import Split
+from shared.wire import pack
 from simulations.cli import main
 
 RECALL_ITEMS = 3000
@@ -206,6 +207,6 @@ def test_a_store_round_trains_on_logged_clicks(make_config, tmp_path: Path,  # t
     monkeypatch.setattr("client.store.train_store", capture)
     client = StoreClient(config, 0, data, tmp_path)
     with pytest.raises(_StopRound):
-        client.fit(initial_shared(client.shape, 0), {ROUND_KEY: 1})
+        client.fit(pack(initial_shared(client.shape, 0)), {ROUND_KEY: 1})
     assert trained[0].user_train_items(0).tolist() == [*split.user_train_items(0).tolist(), clicked]
     assert trained[0].test_items.tolist() == split.test_items.tolist()

@@ -15,6 +15,7 @@ from client.store import StoreClient, store_data
 from shared.config import RunConfig
 from shared.ledger import LedgerError
 from shared.model import PRIVATE_PARAMETERS, ModelShape, initial_shared, private_shapes, shared_shapes
+from shared.wire import pack, unpack
 
 STORE = 1
 STORE_USERS = 10  # the tiny data puts every third user in each of its 3 stores
@@ -25,14 +26,21 @@ def store_client(config: RunConfig, state_dir: Path) -> StoreClient:
 
 
 def global_parameters(config: RunConfig) -> list[np.ndarray]:
-    return initial_shared(ModelShape.from_config(config, 120), config.seed)
+    """As the server sends them: packed into one vector."""
+    return pack(initial_shared(ModelShape.from_config(config, 120), config.seed))
+
+
+def sent_arrays(config: RunConfig, sent: list[np.ndarray]) -> list[np.ndarray]:
+    return unpack(sent, shared_shapes(ModelShape.from_config(config, 120)))
 
 
 def test_fit_returns_exactly_the_shared_shapes(make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
     config = make_config()
     client = store_client(config, tmp_path / "state")
-    arrays, weight, metrics = client.fit(global_parameters(config), {"round": 1})
-    assert [a.shape for a in arrays] == shared_shapes(ModelShape.from_config(config, 120))
+    sent, weight, metrics = client.fit(global_parameters(config), {"round": 1})
+    shapes = shared_shapes(ModelShape.from_config(config, 120))
+    assert [a.shape for a in sent] == [(sum(int(np.prod(s)) for s in shapes),)]  # one vector, nothing else
+    assert [a.shape for a in sent_arrays(config, sent)] == shapes
     assert weight == 80                                    # 10 users x (10 - valid - test) train interactions
     assert metrics["store"] == STORE and metrics["epsilon"] == 0.0
     assert np.isfinite(metrics["loss"])
@@ -40,20 +48,21 @@ def test_fit_returns_exactly_the_shared_shapes(make_config: Callable[..., RunCon
 
 def test_fit_sends_no_private_tensor(make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
     config = make_config()
-    arrays, _, _ = store_client(config, tmp_path / "state").fit(global_parameters(config), {"round": 1})
+    sent, _, _ = store_client(config, tmp_path / "state").fit(global_parameters(config), {"round": 1})
+    arrays = sent_arrays(config, sent)
     state = StoreState.load(tmp_path / "state", store_data(config, STORE).user_ids, config.delta)
     assert state.embeddings is not None
     private = list(state.embeddings.values())
     assert [p.shape for p in private] == private_shapes(STORE_USERS, ModelShape.from_config(config, 120))
-    for array in arrays:
+    for array in [*arrays, *sent]:  # the pieces, and the vector that carries them
         assert array.shape not in {p.shape for p in private}
         assert not any(array.size == p.size and np.allclose(array.ravel(), p.ravel()) for p in private)
 
 
 def test_fit_sends_a_delta_not_the_model(make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
     config = make_config(learning_rate=1e-9)  # ~7 Adam steps of size ~1e-9: the model barely moves
-    arrays, _, _ = store_client(config, tmp_path / "state").fit(global_parameters(config), {"round": 1})
-    assert max(float(np.abs(a).max()) for a in arrays) < 1e-7
+    sent, _, _ = store_client(config, tmp_path / "state").fit(global_parameters(config), {"round": 1})
+    assert max(float(np.abs(a).max()) for a in sent_arrays(config, sent)) < 1e-7
     assert float(np.abs(global_parameters(config)[0]).max()) > 1e-3  # while the weights themselves are not
 
 

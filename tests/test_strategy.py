@@ -16,8 +16,10 @@ from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from server.strategy import FedRecStrategy, RoundFailed
 from shared.config import RunConfig
+from shared.wire import WireFormatError, pack, unpack
 
 START = [np.zeros((2, 2), dtype=np.float64), np.ones(3, dtype=np.float64)]
+SHAPES = [(2, 2), (3,)]
 POPULATION = 30
 
 
@@ -28,7 +30,12 @@ def strategy(config: RunConfig, run_dir: Path, num_stores: int = 3) -> FedRecStr
 
 
 def fit_result(update: list[np.ndarray], weight: int, loss: float = 0.5) -> tuple[Any, FitRes]:
-    return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), weight, {"loss": loss})
+    return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(pack(update)), weight, {"loss": loss})
+
+
+def received(parameters: Any) -> list[np.ndarray]:
+    """The global parameters as a store unpacks them."""
+    return unpack(parameters_to_ndarrays(parameters), SHAPES)
 
 
 def eval_result(**metrics: float) -> tuple[Any, EvaluateRes]:
@@ -45,7 +52,7 @@ def test_round_applies_the_example_weighted_mean_update(make_config: Callable[..
     parameters, metrics = fed.aggregate_fit(1, [fit_result(update(1.0), 1, loss=0.5),
                                                 fit_result(update(5.0), 3, loss=0.7)], [])
     assert parameters is not None
-    new = parameters_to_ndarrays(parameters)
+    new = received(parameters)
     np.testing.assert_allclose(new[0], np.full((2, 2), 4.0))     # 0 + (1·1 + 5·3) / 4
     np.testing.assert_allclose(new[1], np.full(3, 5.0))          # 1 + 4
     assert metrics == {"loss": pytest.approx(0.6)}
@@ -60,7 +67,7 @@ def test_user_level_update_is_the_sum_over_q_times_population(make_config: Calla
     fed = strategy(config, tmp_path)
     parameters, _ = fed.aggregate_fit(1, [fit_result(update(3.0), 1), fit_result(update(3.0), 1)], [])
     assert parameters is not None
-    np.testing.assert_allclose(parameters_to_ndarrays(parameters)[0], np.full((2, 2), 1.0))  # 6 / (0.2 · 30)
+    np.testing.assert_allclose(received(parameters)[0], np.full((2, 2), 1.0))  # 6 / (0.2 · 30)
     assert fed.record.federation_ledger.rounds == [1]
 
 
@@ -79,7 +86,7 @@ def test_accepted_failures_aggregate_the_stores_that_succeeded(make_config: Call
     fed = strategy(make_config(accept_failures=True), tmp_path)
     parameters, _ = fed.aggregate_fit(1, [fit_result(update(2.0), 1)], [OSError("disk full")])
     assert parameters is not None
-    np.testing.assert_allclose(parameters_to_ndarrays(parameters)[0], np.full((2, 2), 2.0))
+    np.testing.assert_allclose(received(parameters)[0], np.full((2, 2), 2.0))
 
 
 def test_round_without_any_result_fails_even_when_failures_are_accepted(
@@ -105,16 +112,16 @@ def test_round_that_was_never_aggregated_fails_at_evaluate(make_config: Callable
                                                            tmp_path: Path) -> None:
     fed = strategy(make_config(), tmp_path)
     with pytest.raises(RoundFailed, match="round 1: no aggregate was produced"):
-        fed.evaluate(1, ndarrays_to_parameters(START))
+        fed.evaluate(1, ndarrays_to_parameters(pack(START)))
     assert not (tmp_path / "checkpoints").exists()
 
 
 def test_aggregated_round_is_checkpointed_at_evaluate(make_config: Callable[..., RunConfig],
                                                       tmp_path: Path) -> None:
     fed = strategy(make_config(), tmp_path)
-    assert fed.evaluate(0, ndarrays_to_parameters(START)) is None  # round 0: nothing to do
+    assert fed.evaluate(0, ndarrays_to_parameters(pack(START))) is None  # round 0: nothing to do
     fed.aggregate_fit(1, [fit_result(update(1.0), 1)], [])
-    fed.evaluate(1, ndarrays_to_parameters(fed.shared))
+    fed.evaluate(1, ndarrays_to_parameters(pack(fed.shared)))
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["round-0001.npz"]
 
 
@@ -122,9 +129,9 @@ def test_budget_exhaustion_stops_before_the_round(make_config: Callable[..., Run
                                                   tmp_path: Path) -> None:
     config = make_config(privacy="user", sigma_from_target=False, noise_multiplier=1.0, target_epsilon=0.01)
     fed = strategy(config, tmp_path)
-    assert fed.configure_fit(1, ndarrays_to_parameters(START), None) == []  # type: ignore[arg-type]
+    assert fed.configure_fit(1, ndarrays_to_parameters(pack(START)), None) == []  # type: ignore[arg-type]
     assert fed.budget_stop is not None and "target-epsilon 0.01" in fed.budget_stop
-    assert fed.evaluate(1, ndarrays_to_parameters(START)) is None  # a budget stop is not a failure
+    assert fed.evaluate(1, ndarrays_to_parameters(pack(START))) is None  # a budget stop is not a failure
 
 
 def test_federated_metrics_are_user_weighted(make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
@@ -140,3 +147,20 @@ def test_failed_evaluation_fails_the_round(make_config: Callable[..., RunConfig]
     fed = strategy(make_config(accept_failures=False), tmp_path)
     with pytest.raises(RoundFailed, match="evaluation failed at 1 store"):
         fed.aggregate_evaluate(1, [eval_result(**{"test/users": 1.0})], [RuntimeError("oom")])
+
+
+def test_parameters_travel_as_one_packed_vector(make_config: Callable[..., RunConfig],
+                                                tmp_path: Path) -> None:
+    fed = strategy(make_config(), tmp_path)
+    initial = fed.initial_parameters
+    assert initial is not None
+    assert [a.shape for a in parameters_to_ndarrays(initial)] == [(7,)]  # 2·2 + 3 values, one array
+    np.testing.assert_array_equal(received(initial)[1], START[1])
+
+
+def test_a_reply_of_the_wrong_size_fails_the_round_naming_both_sizes(make_config: Callable[..., RunConfig],
+                                                                     tmp_path: Path) -> None:
+    fed = strategy(make_config(), tmp_path)
+    with pytest.raises(WireFormatError, match=r"6 values.*need 7"):
+        fed.aggregate_fit(1, [fit_result([np.zeros(6)], 1)], [])
+    assert all(np.array_equal(a, b) for a, b in zip(fed.shared, START, strict=True))

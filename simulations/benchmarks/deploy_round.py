@@ -8,6 +8,7 @@ later rounds (``metrics.json``'s per-round seconds, training + federated evaluat
 ratio deployment / simulation. Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.deploy_round [--rounds 4] [--dataset DIR] [--set key=value]
+        [--superlink-state file|memory]
 
 ``--dataset`` needs ``users.csv`` (one store per user); by default the tests' tiny synthetic dataset is used.
 """
@@ -49,9 +50,9 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def run_deployment(root: Path, dataset: Path, values: dict[str, Any]) -> list[float]:
+def run_deployment(root: Path, dataset: Path, values: dict[str, Any], durable_state: bool = True) -> list[float]:
     partitions = split_partners(dataset, root / "partitions")
-    deployment = Deployment(root / "deployment", PARTNERS)
+    deployment = Deployment(root / "deployment", PARTNERS, durable_state=durable_state)
     run_dir = root / "deploy-run"
     try:
         deployment.start_superlink()
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--dataset", type=Path, help="a dataset directory with users.csv (default: tiny)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--superlink-state", choices=("file", "memory"), default="file",
+                        help="file: SQLite, as docker-compose.yml ships it; memory: Flower's in-memory state")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedrec-deploy-round-") as tmp:
         root = Path(tmp)
@@ -88,11 +91,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         ["run_dir"]))
         simulation_wall = time.perf_counter() - started
         started = time.perf_counter()
-        deployment = run_deployment(root, dataset, values)
+        deployment = run_deployment(root, dataset, values, durable_state=args.superlink_state == "file")
         deployment_wall = time.perf_counter() - started
     sim_round, dep_round = statistics.median(simulation[1:]), statistics.median(deployment[1:])
     result = {"benchmark": "deploy_round", "rounds": args.rounds, "nodes": len(PARTNERS), "tls": True,
-              "node_auth": True, "secagg": True, "simulation_round_s": sim_round,
+              "node_auth": True, "secagg": True, "superlink_state": args.superlink_state, "simulation_round_s": sim_round,
               "deployment_round_s": dep_round, "ratio": dep_round / sim_round,
               "simulation_rounds_s": simulation, "deployment_rounds_s": deployment,
               "simulation_wall_s": simulation_wall, "deployment_wall_s": deployment_wall}
