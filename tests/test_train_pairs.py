@@ -39,7 +39,7 @@ def test_negatives_avoid_each_users_train_items_and_match_the_plain_sampler() ->
     for u in range(4):
         drawn = set(got[users == u].tolist())
         assert not drawn & set(split.user_train_items(u).tolist())
-        assert drawn == set(range(N_ITEMS)) - set(split.user_train_items(u).tolist())  # all free items reached
+        assert drawn == set(range(N_ITEMS)) - set(split.user_train_items(u).tolist())  # every free item
 
 
 def test_a_user_with_every_item_is_an_error_not_a_hang() -> None:

@@ -50,7 +50,8 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def run_deployment(root: Path, dataset: Path, values: dict[str, Any], durable_state: bool = True) -> list[float]:
+def run_deployment(root: Path, dataset: Path, values: dict[str, Any],
+                   durable_state: bool = True) -> list[float]:
     partitions = split_partners(dataset, root / "partitions")
     deployment = Deployment(root / "deployment", PARTNERS, durable_state=durable_state)
     run_dir = root / "deploy-run"
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         deployment_wall = time.perf_counter() - started
     sim_round, dep_round = statistics.median(simulation[1:]), statistics.median(deployment[1:])
     result = {"benchmark": "deploy_round", "rounds": args.rounds, "nodes": len(PARTNERS), "tls": True,
-              "node_auth": True, "secagg": True, "superlink_state": args.superlink_state, "simulation_round_s": sim_round,
+              "node_auth": True, "secagg": True, "superlink_state": args.superlink_state,
+              "simulation_round_s": sim_round,
               "deployment_round_s": dep_round, "ratio": dep_round / sim_round,
               "simulation_rounds_s": simulation, "deployment_rounds_s": deployment,
               "simulation_wall_s": simulation_wall, "deployment_wall_s": deployment_wall}
