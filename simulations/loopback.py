@@ -33,6 +33,10 @@ FEDERATION = "fedrec"
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
 REGISTERED = re.compile(r"SuperNode (\d+) registered")
+# docker-compose.yml ``serverapp`` environment: the ServerApp preloaded (this checkout is the app ``flwr run``
+# ships), and Flower's own 1 s SuperExec poll: this SuperExec only waits for new runs, and each of its polls
+# is an HTTPS request the SuperLink pays ~15 ms of CPU for (docs/results.md, "Deployment round").
+SERVERAPP_ENV = {"FEDREC_WARM_APP": "server.app", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
 
 
 def free_port() -> int:
@@ -150,8 +154,8 @@ class Deployment:
         wait_for_port(self.port)
 
     def start_serverapp_side(self) -> None:
-        """As in docker-compose.yml, ServerApp preloaded (this checkout is the app ``flwr run`` ships)."""
-        self.start("serverapp", serverapp_command(self.secrets, self.port), {"FEDREC_WARM_APP": "server.app"})
+        """As in docker-compose.yml (``SERVERAPP_ENV``)."""
+        self.start("serverapp", serverapp_command(self.secrets, self.port), SERVERAPP_ENV)
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         return subprocess.run(self.flwr_command(*args), cwd=self.root, env=self.env, capture_output=True,

@@ -234,6 +234,11 @@ def test_loopback_tests_run_the_compose_commands() -> None:
         assert flags - {"--runtime-port"} == local_flags - {"--runtime-port"}, name
 
 
+def test_loopback_serverapp_side_has_the_compose_environment() -> None:
+    environment = services()["serverapp"]["environment"]
+    assert {k: environment.get(k) for k in loopback.SERVERAPP_ENV} == loopback.SERVERAPP_ENV
+
+
 def test_fedrec_keys_parser_is_registered() -> None:
     from simulations.cli import build_parser
 
