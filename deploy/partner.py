@@ -32,6 +32,7 @@ STOP_GRACE_SECONDS = 10.0
 WARM_FLOWER = Path(__file__).resolve().with_name("warm_flower.py")
 BIN = Path(sys.executable).parent
 WARM_APP_ENV, WARM_APP = "FEDREC_WARM_APP", "client.app"
+WARM_DATA_ENV = "FEDREC_WARM_DATA_DIR"  # client/app.py ``warm``: the SuperExec loads the data before forking
 
 
 def check_data_mount(data_dir: Path) -> str | None:
@@ -101,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fedrec partner: not joining the federation: {problem}", file=sys.stderr, flush=True)
         return EXIT_BAD_STATE if problem.startswith("state directory") else EXIT_BAD_DATA
     supernode = subprocess.Popen(supernode_command(args))
-    # The partner image's fedrec is the app it runs: preload its ClientApp too (deploy/warm_flower.py).
-    superexec = subprocess.Popen(superexec_command(args, supernode.pid),
-                                 env={WARM_APP_ENV: WARM_APP, **os.environ})
+    # The partner image's fedrec is the app it runs: preload its ClientApp and its data too
+    # (deploy/warm_flower.py, client/app.py ``warm``).
+    warm = {WARM_APP_ENV: WARM_APP, WARM_DATA_ENV: str(args.data_dir)}
+    superexec = subprocess.Popen(superexec_command(args, supernode.pid), env={**warm, **os.environ})
     processes = [supernode, superexec]
     stopping: list[int] = []
 

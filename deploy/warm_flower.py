@@ -13,7 +13,9 @@ flags, Runtime API, tokens, TLS, node authentication) except for:
    or a leak ends with it), but it starts in milliseconds. The app's own modules are preloaded only when
    named in ``FEDREC_WARM_APP`` (e.g. ``client.app``): Flower imports the FAB's modules by name, so a
    preloaded module shadows the FAB's copy. Set it only where the installed fedrec *is* the app being run
-   (the images, a checkout running its own FAB). POSIX only (``os.fork``), as are the images.
+   (the images, a checkout running its own FAB). A preloaded app module may define ``warm()``, called once
+   before any fork: ``client.app`` loads the partner's data there, so no message rebuilds it. POSIX only
+   (``os.fork``), as are the images.
 2. **Shorter polling.** flwr 1.41 sleeps a hard-coded 3 s between polls in the SuperNode's pull loop
    (``supernode/start_client_internal.py``) and in the ServerApp's ``HttpGrid.send_and_receive``, and
    retries a message object that is not there yet after 1, 2, 4 ... 10 s (``inflatable_utils.pull_objects``);
@@ -87,12 +89,20 @@ def install_fast_polling(cap: float) -> None:
 
 
 def _preload() -> None:
+    """Import the heavy modules, then the app's; an app module's ``warm()`` (if any) runs here, once."""
     app_modules = [m.strip() for m in os.environ.get(WARM_APP_ENV, "").split(",") if m.strip()]
     for name in (*WARM_MODULES, *app_modules):
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except ImportError as exc:  # a missing optional module only costs speed
             log.warning("warm_flower: could not preload %s: %s", name, exc)
+            continue
+        warm = getattr(module, "warm", None) if name in app_modules else None
+        if callable(warm):
+            try:
+                warm()
+            except Exception as exc:  # only speed is lost: each task reports its own errors
+                log.warning("warm_flower: %s.warm() failed: %s", name, exc)
 
 
 def _reap_children() -> None:

@@ -136,3 +136,39 @@ def test_flower_telemetry_is_off_unless_the_operator_turns_it_on(operator_value:
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120, check=True)
     assert done.stdout.strip() == expected
+
+
+def test_partner_data_is_built_once_and_rebuilt_when_the_files_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import client.app as client_app
+
+    data_dir = write_tiny_dataset(tmp_path / "data")
+    builds: list[str] = []
+    real_load = client_app.load_dataset
+
+    def counting_load(directory: str) -> object:
+        builds.append(directory)
+        return real_load(directory)
+
+    monkeypatch.setattr(client_app, "load_dataset", counting_load)
+    monkeypatch.setenv(client_app.WARM_DATA_ENV, str(data_dir))
+    client_app._partner_data.cache_clear()
+    client_app.warm()                                   # the SuperExec, before forking
+    dataset, split = client_app.partner_data(str(data_dir))  # a message: found in memory
+    assert len(builds) == 1 and split.n_users == dataset.n_users == TINY_USERS
+    interactions = data_dir / "interactions.csv"
+    lines = interactions.read_text().splitlines(keepends=True)
+    interactions.write_text("".join(lines[:-1]))        # the partner's data changes
+    _, changed = client_app.partner_data(str(data_dir))
+    assert len(builds) == 2 and len(changed.train_items) == len(split.train_items) - 1
+
+
+def test_superexec_runs_the_app_modules_warm_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    import client.app as client_app
+
+    called: list[bool] = []
+    monkeypatch.setattr(warm_flower, "WARM_MODULES", ())
+    monkeypatch.setattr(client_app, "warm", lambda: called.append(True))
+    monkeypatch.setenv(warm_flower.WARM_APP_ENV, "client.app")
+    warm_flower._preload()
+    assert called == [True]
