@@ -6,7 +6,6 @@ deployment a partner's SuperNode points ``data-dir`` at its own CSV files and ``
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from client.store import StoreClient, StoreData, store_data
 from shared.config import RunConfig, from_mapping
-from shared.data import Dataset, load_dataset
-from shared.split import Split, leave_one_out, sampled_negatives
-from shared.workload import NUM_EVAL_NEGATIVES, catalog_features
+from shared.split import sampled_negatives
+from shared.workload import NUM_EVAL_NEGATIVES, catalog_features, dataset_and_split
 
 SECAGG_RECORD = "secaggplus_configs"
 PARTNER_RUNS_DIR = "runs"
@@ -30,7 +28,7 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
     config = config or from_mapping(dict(context.run_config))
     node = context.node_config
     if "data-dir" in node:  # a partner site: its own data, all of it
-        dataset, split = partner_data(str(node["data-dir"]))
+        dataset, split = dataset_and_split(str(node["data-dir"]))
         data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES),
                          catalog_features(config, dataset), dataset.item_ids)
         store = int(node.get("store", 0))
@@ -45,36 +43,12 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
     return StoreClient(config, store, data, state_dir).to_client()
 
 
-def partner_data(data_dir: str) -> tuple[Dataset, Split]:
-    """A partner's dataset and split, built once per process while its files stay the same.
-
-    In a deployment every message runs in a fresh fork of the partner's SuperExec (deploy/warm_flower.py),
-    so the SuperExec builds them before it forks (``warm``) and each message finds them in memory: rebuilding
-    them cost ~0.6 s of CPU per message for an ML-100K-sized partner, five messages a round. Keyed by the
-    files' names, sizes and modification times, so new data is read as soon as it lands.
-    """
-    return _partner_data(data_dir, _file_stamps(Path(data_dir)))
-
-
-@functools.lru_cache(maxsize=2)
-def _partner_data(data_dir: str, stamps: tuple[tuple[str, int, int], ...]) -> tuple[Dataset, Split]:
-    dataset = load_dataset(data_dir)
-    return dataset, leave_one_out(dataset)
-
-
-def _file_stamps(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    if not directory.is_dir():
-        return ()
-    stamps = [(path.name, stat.st_size, stat.st_mtime_ns) for path in directory.iterdir()
-              if path.is_file() for stat in [path.stat()]]
-    return tuple(sorted(stamps))
-
-
 def warm() -> None:
-    """Called by deploy/warm_flower.py once in the partner's SuperExec, before any ClientApp is forked."""
+    """Called by deploy/warm_flower.py once in the partner's SuperExec, before any ClientApp is forked: the
+    partner's dataset and split are then in memory for every message (``dataset_and_split``)."""
     data_dir = os.environ.get(WARM_DATA_ENV)
     if data_dir:
-        partner_data(data_dir)
+        dataset_and_split(data_dir)
 
 
 def partner_state_dir(state_root: Path, config: RunConfig, run_id: int) -> Path:

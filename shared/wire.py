@@ -29,6 +29,11 @@ def pack(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(a).ravel() for a in arrays])]
 
 
+def packed_length(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Values in the vector that carries arrays of ``shapes``: all a message has room for."""
+    return sum(math.prod(shape) for shape in shapes)
+
+
 def unpack(packed: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
     """The arrays ``pack`` flattened, as views of the message's vector, one per shape in ``shapes``."""
     if len(packed) != 1 or np.asarray(packed[0]).ndim != 1:
@@ -36,10 +41,10 @@ def unpack(packed: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]) -> l
         raise WireFormatError(f"expected one packed vector of shared parameters, got {len(packed)} "
                               f"array(s) of shape(s) [{got}]")
     vector = np.asarray(packed[0])
-    sizes = [math.prod(shape) for shape in shapes]
-    if vector.size != sum(sizes):
+    if vector.size != packed_length(shapes):
         raise WireFormatError(f"packed vector has {vector.size} values, the shared parameters "
-                              f"{[tuple(s) for s in shapes]} need {sum(sizes)}")
+                              f"{[tuple(s) for s in shapes]} need {packed_length(shapes)}")
+    sizes = [math.prod(shape) for shape in shapes]
     bounds = np.cumsum([0, *sizes])
     return [vector[start:stop].reshape(shape) for start, stop, shape in zip(bounds[:-1], bounds[1:], shapes,
                                                                              strict=True)]

@@ -141,25 +141,27 @@ def test_flower_telemetry_is_off_unless_the_operator_turns_it_on(operator_value:
 def test_partner_data_is_built_once_and_rebuilt_when_the_files_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import client.app as client_app
+    import shared.workload as workload
 
     data_dir = write_tiny_dataset(tmp_path / "data")
     builds: list[str] = []
-    real_load = client_app.load_dataset
+    real_load = workload.load_dataset
 
     def counting_load(directory: str) -> object:
         builds.append(directory)
         return real_load(directory)
 
-    monkeypatch.setattr(client_app, "load_dataset", counting_load)
+    monkeypatch.setattr(workload, "load_dataset", counting_load)
     monkeypatch.setenv(client_app.WARM_DATA_ENV, str(data_dir))
-    client_app._partner_data.cache_clear()
-    client_app.warm()                                   # the SuperExec, before forking
-    dataset, split = client_app.partner_data(str(data_dir))  # a message: found in memory
+    assert partner.WARM_DATA_ENV == client_app.WARM_DATA_ENV  # the launcher sets what the app reads
+    workload._dataset_and_split.cache_clear()
+    client_app.warm()                                                # the SuperExec, before forking
+    dataset, split = workload.dataset_and_split(str(data_dir))       # a message: found in memory
     assert len(builds) == 1 and split.n_users == dataset.n_users == TINY_USERS
     interactions = data_dir / "interactions.csv"
     lines = interactions.read_text().splitlines(keepends=True)
-    interactions.write_text("".join(lines[:-1]))        # the partner's data changes
-    _, changed = client_app.partner_data(str(data_dir))
+    interactions.write_text("".join(lines[:-1]))                     # the partner's data changes
+    _, changed = workload.dataset_and_split(str(data_dir))
     assert len(builds) == 2 and len(changed.train_items) == len(split.train_items) - 1
 
 

@@ -35,7 +35,7 @@ from server.strategy import RoundFailed
 from shared.config import ConfigError, RunConfig, from_mapping
 from shared.model import ModelShape, initial_shared, private_shapes, shared_shapes
 from shared.privacy import federation_noise_multiplier, noise_shares
-from shared.wire import unpack
+from shared.wire import packed_length, unpack
 from shared.workload import load_workload, users_of_store
 from simulations.simulate import SimulationFailed, simulate
 from tests.conftest import TINY_ITEMS, TINY_STORES, tiny_config, write_tiny_dataset
@@ -113,7 +113,7 @@ def recorded_fits(out_dir: Path, round_: int, config: RunConfig) -> list[tuple[l
 
 def packed_shared(config: RunConfig) -> list[tuple[int, ...]]:
     """The arrays of a store's train reply: one vector holding exactly the shared parameters, nothing else."""
-    return [(sum(int(np.prod(s)) for s in shared_shapes(ModelShape.from_config(config, TINY_ITEMS))),)]
+    return [(packed_length(shared_shapes(ModelShape.from_config(config, TINY_ITEMS))),)]
 
 
 def weighted_mean(fits: list[tuple[list[np.ndarray], int]]) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable
 import client.app as client_app_module
 from shared.config import RunConfig
 from shared.model import ModelShape, private_shapes, shared_shapes
+from shared.wire import packed_length
 from shared.workload import number_of_stores, users_of_store
 from simulations.simulate import simulate
 
@@ -90,7 +91,7 @@ def test_two_rounds_then_resume_to_three_without_sending_private_tensors(
     for reply in replies:
         assert not {tuple(a) for a in reply["arrays"]} & forbidden[reply["partition"]], reply
     # a train reply is one packed vector (shared/wire.py) with room for the shared parameters and nothing else
-    packed = [(sum(int(np.prod(s)) for s in shared_shapes(shape)),)]
+    packed = [(packed_length(shared_shapes(shape)),)]
     train_arrays = [r["arrays"] for r in replies if r["type"] == "train"]
     assert all([tuple(a) for a in arrays] == packed for arrays in train_arrays)
     assert all(r["arrays"] == [] for r in replies if r["type"] == "evaluate")

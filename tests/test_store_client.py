@@ -15,7 +15,7 @@ from client.store import StoreClient, store_data
 from shared.config import RunConfig
 from shared.ledger import LedgerError
 from shared.model import PRIVATE_PARAMETERS, ModelShape, initial_shared, private_shapes, shared_shapes
-from shared.wire import pack, unpack
+from shared.wire import pack, packed_length, unpack
 
 STORE = 1
 STORE_USERS = 10  # the tiny data puts every third user in each of its 3 stores
@@ -39,7 +39,7 @@ def test_fit_returns_exactly_the_shared_shapes(make_config: Callable[..., RunCon
     client = store_client(config, tmp_path / "state")
     sent, weight, metrics = client.fit(global_parameters(config), {"round": 1})
     shapes = shared_shapes(ModelShape.from_config(config, 120))
-    assert [a.shape for a in sent] == [(sum(int(np.prod(s)) for s in shapes),)]  # one vector, nothing else
+    assert [a.shape for a in sent] == [(packed_length(shapes),)]  # one vector, nothing else
     assert [a.shape for a in sent_arrays(config, sent)] == shapes
     assert weight == 80                                    # 10 users x (10 - valid - test) train interactions
     assert metrics["store"] == STORE and metrics["epsilon"] == 0.0
