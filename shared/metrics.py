@@ -19,13 +19,26 @@ RECALL_AT = 20
 
 def pessimistic_rank(positive: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     """0-based rank of each row's positive among ``others`` (same row), ties counting against it."""
+    positive, others = _broken_scores_lose(positive, others)
     return (others >= positive[:, None]).sum(dim=1)
+
+
+def _broken_scores_lose(positive: torch.Tensor, others: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A non-finite positive ranks last and a NaN competitor ranks above it.
+
+    ``x >= NaN`` is false, so a model whose logits overflowed to NaN would otherwise rank every positive
+    first and score a perfect HR: a diverged private run once read 0.87 sampled HR@10 that way.
+    """
+    positive = torch.where(torch.isfinite(positive), positive, torch.full_like(positive, float("-inf")))
+    others = torch.where(torch.isnan(others), torch.full_like(others, float("inf")), others)
+    return positive, others
 
 
 def sampled_metric_sums(positive: torch.Tensor, negatives: torch.Tensor, k: int) -> dict[str, float]:
     """HR@k, NDCG@k and AUC over 1 positive + sampled negatives per user (summed over users)."""
     rank = pessimistic_rank(positive, negatives).double()
     hit = (rank < k).double()
+    positive, negatives = _broken_scores_lose(positive, negatives)
     return {
         f"hr@{k}": hit.sum().item(),
         f"ndcg@{k}": (hit / torch.log2(rank + 2)).sum().item(),

@@ -97,3 +97,24 @@ def test_add_sums_accumulates_in_place() -> None:
 def test_catalog_coverage_is_the_share_of_items_in_any_top_k() -> None:
     tops = [np.array([[0, 1], [1, 2]]), np.array([[2, 7]])]
     assert catalog_coverage(tops, n_items=10) == pytest.approx(0.4)  # items 0, 1, 2, 7
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def test_a_model_whose_scores_overflowed_scores_zero_not_one() -> None:
+    """NaN compares false with everything: unguarded, an all-NaN model ranked every positive first."""
+    broken = torch.full((3, 99), NAN)
+    assert pessimistic_rank(torch.full((3,), NAN), broken).tolist() == [99, 99, 99]
+    assert sampled_metric_sums(torch.full((3,), NAN), broken, k=10) == {"hr@10": 0.0, "ndcg@10": 0.0,
+                                                                          "auc": 0.0}
+    nothing_excluded = torch.zeros(1, 6, dtype=torch.bool)
+    sums, _ = full_metric_sums(torch.full((1, 6), NAN), torch.tensor([2]), nothing_excluded, k=3)
+    assert sums["hr@3_full"] == 0.0 and sums["recall@20_full"] == 1.0  # 6 items: rank 6, still < 20
+
+
+def test_an_overflowed_positive_misses_and_a_nan_competitor_counts_above() -> None:
+    # User 0: positive +inf (overflow) → last. User 1: finite positive 0.2, one NaN competitor → rank 1.
+    rank = pessimistic_rank(torch.tensor([INF, 0.2]), torch.tensor([[0.0, -1.0], [NAN, 0.1]]))
+    assert rank.tolist() == [2, 1]
+    assert sampled_metric_sums(torch.tensor([0.2]), torch.tensor([[NAN, 0.1]]), k=10)["auc"] == 0.5
