@@ -9,6 +9,7 @@ server/cold_start.py) and ``summary.json`` (the run's result line).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from shared.atomic import write_atomic, write_json_atomic
 from shared.config import RunConfig
 from shared.ledger import LedgerEntry, PrivacyLedger
 from shared.privacy import federation_noise_multiplier, noise_shares
+
+log = logging.getLogger(__name__)
 
 
 class RunRecord:
@@ -97,7 +100,14 @@ class RunRecord:
         """The federation's ε from Opacus' PRV accountant (tighter than RDP), reported beside it."""
         if self.config.privacy != "user" or not self.federation_ledger.entries:
             return None
-        return self.federation_ledger.epsilon("prv")
+        try:
+            return self.federation_ledger.epsilon("prv")
+        except (MemoryError, ValueError, OverflowError) as exc:
+            # Opacus' PRV grid grows as σ shrinks (σ = 0.001 asked for 84 GiB): the RDP ε is the ledger's
+            # guarantee and stands; a second opinion that cannot be computed must not lose the run's result.
+            log.warning("epsilon_prv not computed (%s: %s); epsilon (RDP) is the run's guarantee",
+                        type(exc).__name__, exc)
+            return None
 
     def epsilon_if_seen_alone(self) -> float:
         """The weaker per-store guarantee if one store's update were ever seen alone (σ/√K instead of σ)."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from server.checkpoint import checkpoint_dir
 from server.optimizer import ServerOptimizer
@@ -90,3 +91,25 @@ def test_prv_epsilon_is_reported_beside_rdp_and_is_tighter(tmp_path: Path) -> No
         record.federation_ledger.record(round_, 1.0, 0.2, 1)
     rdp, prv = record.epsilon(), record.epsilon_prv()
     assert prv is not None and 0 < prv < rdp
+
+
+def test_a_prv_epsilon_that_cannot_be_computed_is_null_and_the_rdp_one_stands(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """σ → 0 makes Opacus' PRV grid ask for tens of GiB; the run's summary must still be written."""
+    from server.run_record import RunRecord
+    from shared.config import from_mapping
+    from shared.ledger import PrivacyLedger
+
+    config = from_mapping({"privacy": "user", "sigma-from-target": False, "noise-multiplier": 1.0})
+    record = RunRecord(tmp_path, config, [])
+    record.federation_ledger.record(1, 1.0, 0.2, 1)
+    real = PrivacyLedger.epsilon
+
+    def prv_out_of_memory(self: PrivacyLedger, accountant: str = "rdp") -> float:
+        if accountant == "prv":
+            raise MemoryError("Unable to allocate 83.8 GiB")
+        return real(self, accountant)
+
+    monkeypatch.setattr(PrivacyLedger, "epsilon", prv_out_of_memory)
+    assert record.epsilon_prv() is None
+    assert 0 < record.epsilon() < float("inf")
