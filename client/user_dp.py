@@ -67,10 +67,7 @@ def user_level_round(
         clipped_sum = clip_and_sum(deltas, config.clipping_norm)
         for n in names:
             total[n] += clipped_sum[n]
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for n in PRIVATE_PARAMETERS:
-                params[n][torch.as_tensor(chunk, device=device)] = user_rows[n]
+        keep_private_rows(model, torch.as_tensor(chunk, device=device), user_rows)
         losses.append(loss)
     add_noise_share(
         total,
@@ -117,8 +114,10 @@ def local_user_runs(
     step = vmap(grad_and_value(loss_of))
     lr = {
         n: (
-            config.user_learning_rate
-            if (n in PRIVATE_PARAMETERS or n.endswith(ROW_TABLE_SUFFIXES))
+            config.user_embedding_learning_rate
+            if n in PRIVATE_PARAMETERS
+            else config.user_learning_rate
+            if n.endswith(ROW_TABLE_SUFFIXES)
             else config.user_dense_learning_rate
         )
         for n in local
@@ -155,6 +154,20 @@ def _local_batches(
         [np.ones(positives_per_step, np.float32), np.zeros(positives_per_step * negs, np.float32)]
     )
     return items, labels
+
+
+def keep_private_rows(model: NeuMF, users: torch.Tensor, user_rows: dict[str, torch.Tensor]) -> None:
+    """Store the users' new private rows; a user whose local run diverged keeps the rows it had.
+
+    The shared part of such a run already counts zero (``clip_and_sum``); its private rows must not carry
+    inf/NaN into the user's later rounds and recommendations either (with q = 1, FedAdam and ε ≤ 3's noise,
+    local SGD on the user's rows at a rate of 10 diverged for a few percent of users).
+    """
+    finite = torch.stack([torch.isfinite(user_rows[n]).all(dim=1) for n in PRIVATE_PARAMETERS]).all(dim=0)
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for n in PRIVATE_PARAMETERS:
+            params[n][users[finite]] = user_rows[n][finite]
 
 
 def clip_and_sum(deltas: dict[str, torch.Tensor], clipping_norm: float) -> dict[str, torch.Tensor]:

@@ -69,14 +69,12 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     record = RunRecord.open(run_dir, config, shared_names(NeuMF(1, shape)))
     if record.resumed_from is not None:
         shared = record.resumed_from.shared
-        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate,
-                                    config.server_momentum, record.resumed_from.optimizer,
-                                    int(record.resumed_from.meta.get("optimizer_steps", 0)))
+        optimizer = ServerOptimizer.from_config(config, record.resumed_from.optimizer,
+                                                int(record.resumed_from.meta.get("optimizer_steps", 0)))
         print(f"resuming {run_dir} after round {record.completed_round}", flush=True)
     else:
         shared = initial_shared(shape, config.seed)
-        optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate,
-                                    config.server_momentum)
+        optimizer = ServerOptimizer.from_config(config)
     strategy = FedRecStrategy(config, record, shared, optimizer, num_stores, population)
     if record.planned_rounds == 0:
         return record.finish(strategy.shared, "completed",

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from shared.config import RunConfig
+
 ADAM_BETAS = (0.9, 0.99)
-ADAM_TAU = 1e-3  # FedAdam's adaptivity floor (Reddi et al. use 1e-3)
 
 
 class ServerOptimizer:
     def __init__(self, kind: str, learning_rate: float, momentum: float,
-                 state: dict[str, list[np.ndarray]] | None = None, steps: int = 0) -> None:
+                 state: dict[str, list[np.ndarray]] | None = None, steps: int = 0, adam_tau: float = 1e-3
+                 ) -> None:
         self.kind = kind
         self.learning_rate = learning_rate
         self.momentum = momentum
+        self.adam_tau = adam_tau
         self.state = state or {}
         self.steps = steps
+
+    @classmethod
+    def from_config(cls, config: RunConfig, state: dict[str, list[np.ndarray]] | None = None,
+                    steps: int = 0) -> ServerOptimizer:
+        return cls(config.server_optimizer, config.server_learning_rate, config.server_momentum, state, steps,
+                   config.server_adam_tau)
 
     def step(self, params: list[np.ndarray], update: list[np.ndarray]) -> list[np.ndarray]:
         self.steps += 1
@@ -37,5 +46,5 @@ class ServerOptimizer:
         first = [beta1 * m + (1 - beta1) * u for m, u in zip(first, update, strict=True)]
         second = [beta2 * v + (1 - beta2) * u * u for v, u in zip(second, update, strict=True)]
         self.state.update(m=first, v=second)
-        return [p + self.learning_rate * m / (np.sqrt(v) + ADAM_TAU)
+        return [p + self.learning_rate * m / (np.sqrt(v) + self.adam_tau)
                 for p, m, v in zip(params, first, second, strict=True)]

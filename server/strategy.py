@@ -34,7 +34,7 @@ from server.run_record import RunRecord
 from shared.config import RunConfig
 from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.metrics import mean_metrics
-from shared.privacy import federation_noise_multiplier, noise_shares
+from shared.privacy import federation_noise_multiplier, noise_shares, user_level_estimate
 from shared.wire import pack, unpack
 
 log = logging.getLogger("fedrec.server")
@@ -161,12 +161,11 @@ class FedRecStrategy(FedAvg):
         return ndarrays_to_parameters(pack(self.shared)), {"loss": self._fit_loss}
 
     def _update_from_mean(self, mean: list[np.ndarray], n_results: int) -> list[np.ndarray]:
-        """The step direction. User-level DP: stores sent noised sums (weight 1 each), so the DP-FedAvg
-        estimate is Σ/(q·N) with the fixed denominator its sensitivity analysis assumes."""
+        """The step direction. User-level DP: stores sent noised sums (weight 1 each), so the mean times the
+        number of stores is the sum the DP-FedAvg estimate divides."""
         if self.config.privacy != "user":
             return mean
-        denominator = self.config.user_sample_rate * self.population
-        return [m * n_results / denominator for m in mean]
+        return user_level_estimate([m * n_results for m in mean], self.config, self.population)
 
     # -- after fit: the round's checkpoint --------------------------------------------------------------
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:

@@ -50,6 +50,7 @@ class RunConfig:
     server_optimizer: str = field(metadata=_rule(choices=("sgd", "momentum", "adam")))
     server_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))
     server_momentum: float = field(metadata=_rule(low=0.0, high=1.0, high_open=True))
+    server_adam_tau: float = field(metadata=_rule(low=0.0, low_open=True))
     accept_failures: bool
     run_dir: str
     state_dir: str
@@ -65,6 +66,7 @@ class RunConfig:
     user_local_steps: int = field(metadata=_rule(low=1))
     user_batch_size: int = field(metadata=_rule(low=1))
     user_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))
+    user_embedding_learning_rate: float = field(metadata=_rule(low=0.0))
     user_dense_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))
     user_chunk_size: int = field(metadata=_rule(low=1))
     user_refresh_epochs: int = field(metadata=_rule(low=0))

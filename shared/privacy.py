@@ -10,6 +10,8 @@ import contextlib
 import functools
 import json
 
+import numpy as np
+
 from shared.atomic import write_json_atomic
 from shared.config import RunConfig
 from shared.datasets import data_root
@@ -49,3 +51,10 @@ def federation_noise_multiplier(config: RunConfig) -> float:
     if not config.sigma_from_target:
         return config.noise_multiplier
     return _calibrated(config.target_epsilon, config.delta, config.user_sample_rate, config.num_rounds)
+
+
+def user_level_estimate(noised_sum: list[np.ndarray], config: RunConfig, population: int) -> list[np.ndarray]:
+    """The DP-FedAvg step direction Σ/(q·N): the denominator is fixed, not the number of users who happened
+    to be sampled, because the sensitivity analysis (one user moves Σ by at most C) assumes it."""
+    denominator = config.user_sample_rate * population
+    return [part / denominator for part in noised_sum]

@@ -25,7 +25,7 @@ POPULATION = 30
 
 def strategy(config: RunConfig, run_dir: Path, num_stores: int = 3) -> FedRecStrategy:
     record = RunRecord.open(run_dir, config, ["a", "b"])
-    optimizer = ServerOptimizer(config.server_optimizer, config.server_learning_rate, config.server_momentum)
+    optimizer = ServerOptimizer.from_config(config)
     return FedRecStrategy(config, record, [a.copy() for a in START], optimizer, num_stores, POPULATION)
 
 

@@ -251,3 +251,44 @@ def test_sampled_users_embeddings_change_the_others_do_not_and_none_is_sent(
         assert array.shape not in {p.shape for p in private}
         assert not any(array.size == p.size and np.allclose(array.ravel(), p.ravel()) for p in private)
     assert len(update.arrays) == len(shared_names(model))
+
+
+def test_the_users_own_embedding_steps_at_its_own_learning_rate(
+        make_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``user-embedding-learning-rate`` = 0 leaves the private rows to the refit; the item rows and dense
+    layers still train at theirs (10 on the private rows diverged under ε ≤ 3's noise)."""
+    config = user_config(make_config, user_sample_rate=1.0, user_refresh_epochs=0, noise_multiplier=0.0,
+                         target_epsilon=float("inf"), user_embedding_learning_rate=0.0)
+    model, split = store_model(config)
+    before = private_rows(model)
+
+    update = user_level_round(model, split, config, PrivacyLedger(config.delta), 1,
+                              np.random.default_rng(0), CPU)
+
+    for name, rows in private_rows(model).items():
+        np.testing.assert_array_equal(rows, before[name])
+    assert norm(update.arrays) > 0
+
+
+def test_a_user_whose_local_run_diverged_keeps_their_previous_embedding(
+        make_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    config = user_config(make_config, user_sample_rate=1.0, user_refresh_epochs=0)
+    model, split = store_model(config)
+    before = private_rows(model)
+    real = user_dp.local_user_runs
+    diverged = 3
+
+    def one_user_diverges(model: Any, split: Any, pairs: Any, users: np.ndarray, *args: Any) -> Any:
+        deltas, rows, loss = real(model, split, pairs, users, *args)
+        rows["mlp_user.weight"][list(users).index(diverged)] = float("nan")
+        return deltas, rows, loss
+
+    monkeypatch.setattr(user_dp, "local_user_runs", one_user_diverges)
+    user_level_round(model, split, config, PrivacyLedger(config.delta), 1, np.random.default_rng(0), CPU)
+
+    after = private_rows(model)
+    others = [u for u in range(STORE_USERS) if u != diverged]
+    for name in PRIVATE_PARAMETERS:
+        np.testing.assert_array_equal(after[name][diverged], before[name][diverged])
+        assert np.isfinite(after[name]).all()
+        assert (np.abs(after[name][others] - before[name][others]).max(axis=1) > 0).all()
