@@ -19,7 +19,10 @@ RECALL_AT = 20
 
 def pessimistic_rank(positive: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     """0-based rank of each row's positive among ``others`` (same row), ties counting against it."""
-    positive, others = _broken_scores_lose(positive, others)
+    return _rank(*_broken_scores_lose(positive, others))
+
+
+def _rank(positive: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return (others >= positive[:, None]).sum(dim=1)
 
 
@@ -36,9 +39,9 @@ def _broken_scores_lose(positive: torch.Tensor, others: torch.Tensor) -> tuple[t
 
 def sampled_metric_sums(positive: torch.Tensor, negatives: torch.Tensor, k: int) -> dict[str, float]:
     """HR@k, NDCG@k and AUC over 1 positive + sampled negatives per user (summed over users)."""
-    rank = pessimistic_rank(positive, negatives).double()
+    positive, negatives = _broken_scores_lose(positive, negatives)  # once, for the rank and the AUC
+    rank = _rank(positive, negatives).double()
     hit = (rank < k).double()
-    positive, negatives = _broken_scores_lose(positive, negatives)
     return {
         f"hr@{k}": hit.sum().item(),
         f"ndcg@{k}": (hit / torch.log2(rank + 2)).sum().item(),
