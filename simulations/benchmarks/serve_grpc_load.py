@@ -1,13 +1,14 @@
 """``Recommend`` over gRPC on loopback under bounded load: N requests at concurrency C (default 5,000 at 8).
 
 The server runs in a child process (its own GIL, as ``fedrec serve`` would) over a synthetic catalog
-(serving_synthetic.py); this process drives it with C asyncio callers sharing one channel, each sending its
-share of requests back to back. Reports client-side p50/p99, requests/s and errors, and — as the in-process
-baseline measured in the server process — the engine's own p50/p99, so gRPC's share is visible. Ends with
-one JSON line.
+(serving_synthetic.py); this process drives it over one channel, closed loop (C callers back to back, the
+default) or open loop (``--rate``: Poisson arrivals). Reports client-side p50/p99, requests/s and errors; the
+server's and the load generator's CPU time per request (they share the machine's cores); and, as the
+in-process baseline measured in the server process, the engine's own p50/p99, so gRPC's share is visible.
+Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000] [--requests 5000] \
-        [--concurrency 8]
+        [--concurrency 8 | --rate 500] [--stored-reply]
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import asyncio
 import json
 import multiprocessing
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -27,8 +30,9 @@ BASELINE_CALLS = 500
 WARMUP = 100
 
 
-def serve_synthetic(items: int, connection: Connection) -> None:
-    """Child process: build the recommender, time it in-process, serve until told to stop."""
+def serve_synthetic(items: int, connection: Connection, stored_reply: bool = False) -> None:
+    """Child process: build the recommender, time it in-process, serve until told to stop. With
+    ``stored_reply`` every request gets one reply computed at start-up: what gRPC alone costs (the floor)."""
     from client.serving.service import start_server
     from client.serving.settings import ServeSettings
     from client.serving.threads import limit_math_threads
@@ -45,23 +49,46 @@ def serve_synthetic(items: int, connection: Connection) -> None:
         recommender.recommend(f"u{rng.integers(0, USERS)}", K)
         if n >= WARMUP:
             timings.append((time.perf_counter() - started) * 1e3)
+    if stored_reply:
+        reply = recommender.recommend("u0", K)
+        recommender.recommend = lambda *args, **kwargs: reply  # type: ignore[method-assign]
     server = start_server(recommender, settings)
     connection.send({"port": server.port, "in_process_p50_ms": float(np.percentile(timings, 50)),
                      "in_process_p99_ms": float(np.percentile(timings, 99))})
+    connection.recv()  # the load starts
+    cpu_started = time.process_time()
+    connection.recv()  # the load ended
+    connection.send(time.process_time() - cpu_started)
     connection.recv()  # stop
     server.stop(grace=None)
 
 
-def drive(port: int, requests: int, concurrency: int) -> tuple[np.ndarray, int, float]:
-    """C asyncio tasks on one channel, each sending its share of the requests back to back.
+@dataclass
+class Load:
+    """What the load generator saw: per-request latency (ms), failed requests, wall and own CPU seconds."""
 
-    Why asyncio rather than C threads: the load generator shares the 2 cores with the server, and a
+    latencies: np.ndarray
+    errors: int
+    elapsed_s: float
+    client_cpu_s: float
+
+
+def drive(port: int, requests: int, concurrency: int, rate: float | None = None,
+          on_start: Callable[[], None] = lambda: None, on_end: Callable[[], None] = lambda: None) -> Load:
+    """Closed loop (``rate`` None): C asyncio callers on one channel, each sending its share of the requests
+    back to back, so the server is saturated and latency is mostly queueing (C / throughput). Open loop
+    (``rate`` requests/s): requests arrive at Poisson times whatever the replies do, and each latency counts
+    from the scheduled arrival, so time spent waiting behind a slow reply is counted (no coordinated
+    omission) — how a partner's site, whose shoppers do not wait for each other, loads the service.
+
+    Why asyncio rather than threads: the load generator shares the 2 cores with the server, and a
     thread-per-caller client spent ~0.5 ms of CPU per request on thread switches that the server then lacks.
     """
-    return asyncio.run(_drive(port, requests, concurrency))
+    return asyncio.run(_drive(port, requests, concurrency, rate, on_start, on_end))
 
 
-async def _drive(port: int, requests: int, concurrency: int) -> tuple[np.ndarray, int, float]:
+async def _drive(port: int, requests: int, concurrency: int, rate: float | None, on_start: Callable[[], None],
+                 on_end: Callable[[], None]) -> Load:
     import grpc
 
     from shared.proto import recommend_pb2 as pb
@@ -69,53 +96,78 @@ async def _drive(port: int, requests: int, concurrency: int) -> tuple[np.ndarray
     from simulations.benchmarks.serving_synthetic import USERS
 
     latencies = np.zeros(requests)
-    errors = [0] * concurrency
+    errors = [0]
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, USERS, requests)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stub = pb_grpc.RecommenderStub(channel)
         for n in range(WARMUP):
             await stub.Recommend(pb.RecommendRequest(user_id=f"u{n % USERS}", k=K))
 
-        async def caller(slot: int) -> None:
-            rng = np.random.default_rng(slot)
-            for n in range(slot, requests, concurrency):
-                request = pb.RecommendRequest(user_id=f"u{rng.integers(0, USERS)}", k=K)
-                started = time.perf_counter()
-                try:
-                    reply = await stub.Recommend(request, timeout=10)
-                    if len(reply.items) != K:
-                        errors[slot] += 1
-                except grpc.RpcError:
-                    errors[slot] += 1
-                latencies[n] = (time.perf_counter() - started) * 1e3
+        async def send(n: int, started: float) -> None:
+            try:
+                reply = await stub.Recommend(pb.RecommendRequest(user_id=f"u{users[n]}", k=K), timeout=10)
+                if len(reply.items) != K:
+                    errors[0] += 1
+            except grpc.RpcError:
+                errors[0] += 1
+            latencies[n] = (time.perf_counter() - started) * 1e3
 
-        started = time.perf_counter()
-        await asyncio.gather(*(caller(slot) for slot in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, sum(errors), elapsed
+        async def caller(slot: int) -> None:
+            for n in range(slot, requests, concurrency):
+                await send(n, time.perf_counter())
+
+        async def arrivals(first: float) -> None:
+            due = first + np.cumsum(rng.exponential(1.0 / rate, requests)) if rate else np.zeros(0)
+            tasks = []
+            for n in range(requests):
+                await asyncio.sleep(max(0.0, due[n] - time.perf_counter()))
+                tasks.append(asyncio.create_task(send(n, float(due[n]))))
+            await asyncio.gather(*tasks)
+
+        on_start()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if rate:
+            await arrivals(started)
+        else:
+            await asyncio.gather(*(caller(slot) for slot in range(concurrency)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        on_end()
+    return Load(latencies, errors[0], elapsed, cpu)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="closed loop: callers back to back")
+    parser.add_argument("--rate", type=float, help="open loop instead: Poisson arrivals, requests/s")
+    parser.add_argument("--stored-reply", action="store_true",
+                        help="the server answers every request with one stored reply: gRPC's own cost")
     args = parser.parse_args(argv)
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    server = context.Process(target=serve_synthetic, args=(args.items, child), daemon=True)
+    server = context.Process(target=serve_synthetic, args=(args.items, child, args.stored_reply), daemon=True)
     server.start()
     ready = parent.recv()
     try:
-        latencies, errors, elapsed = drive(ready["port"], args.requests, args.concurrency)
+        load = drive(ready["port"], args.requests, args.concurrency, args.rate,
+                     on_start=lambda: parent.send("start"),
+                     on_end=lambda: parent.send("end"))
+        server_cpu_s = parent.recv()
     finally:
         parent.send("stop")
         server.join(timeout=30)
     result = {"benchmark": "serve_grpc_load", "items": args.items, "requests": args.requests,
-              "concurrency": args.concurrency, "errors": errors,
-              "p50_ms": round(float(np.percentile(latencies, 50)), 3),
-              "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-              "requests_per_s": round(args.requests / elapsed, 1),
+              "load": f"open loop, {args.rate:g} requests/s" if args.rate else
+              f"closed loop, concurrency {args.concurrency}", "stored_reply": args.stored_reply,
+              "errors": load.errors,
+              "p50_ms": round(float(np.percentile(load.latencies, 50)), 3),
+              "p99_ms": round(float(np.percentile(load.latencies, 99)), 3),
+              "requests_per_s": round(args.requests / load.elapsed_s, 1),
+              "server_cpu_ms_per_request": round(server_cpu_s / args.requests * 1e3, 3),
+              "client_cpu_ms_per_request": round(load.client_cpu_s / args.requests * 1e3, 3),
               "in_process_p50_ms": round(ready["in_process_p50_ms"], 3),
               "in_process_p99_ms": round(ready["in_process_p99_ms"], 3)}
     print(json.dumps(result))

@@ -1,0 +1,35 @@
+"""Specification of simulations/benchmarks/serve_grpc_load.py: both load shapes reach a real server, count
+every request, and report CPU per request on both sides. Slow (each run spawns a server process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulations.benchmarks.serve_grpc_load import main
+
+pytestmark = pytest.mark.slow
+SMALL = ["--items", "3000", "--requests", "300"]
+
+
+def check(result: dict) -> None:
+    assert result["errors"] == 0
+    assert 0 < result["p50_ms"] <= result["p99_ms"] < 10_000
+    assert result["server_cpu_ms_per_request"] > 0 and result["client_cpu_ms_per_request"] > 0
+    assert 0 < result["in_process_p50_ms"] <= result["in_process_p99_ms"]
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["ranking", "stored-reply"])
+def test_a_closed_loop_run_answers_every_request(stored: bool) -> None:
+    result = main([*SMALL, "--concurrency", "4", *(["--stored-reply"] if stored else [])])
+    check(result)
+    assert result["load"] == "closed loop, concurrency 4"
+    assert result["stored_reply"] is stored
+
+
+def test_an_open_loop_run_keeps_to_its_arrival_rate() -> None:
+    """At a rate far below the server's capacity the run lasts as long as the arrivals do, so requests/s is
+    the offered rate, not the server's throughput."""
+    result = main([*SMALL, "--rate", "200"])
+    check(result)
+    assert result["load"] == "open loop, 200 requests/s"
+    assert result["requests_per_s"] == pytest.approx(200, rel=0.25)
