@@ -16,8 +16,7 @@ from shared.cold_start import (
     ColdStartError,
     ItemMapping,
     catalog_item_vectors,
-    choose_ridge,
-    fit_item_mapping,
+    fit_text_mapping,
     text_projection,
 )
 from shared.config import RunConfig
@@ -29,18 +28,18 @@ COLD_START_FILE = "cold_start.npz"
 ITEM_SIDE_NAMES = ("gmf_item.weight", "gmf_item_proj.weight")
 
 
-def fit_mapping(model: NeuMF, text_embeddings: np.ndarray, seed: int) -> ItemMapping:
+def fit_mapping(model: NeuMF, text_embeddings: np.ndarray, seed: int, components: int) -> ItemMapping:
     """The mapping from catalog text embeddings to ``model``'s item vectors: the model's own projection (text
-    towers) plus a ridge fit of the rest, its strength chosen on held-out warm items."""
-    targets = catalog_item_vectors(model)
-    base = text_projection(model)
-    ridge = choose_ridge(text_embeddings, targets, seed, base)
-    return fit_item_mapping(text_embeddings, targets, ridge, base)
+    towers) plus a ridge fit of the rest, its strength chosen on held-out warm items, through the text's
+    ``components`` leading principal directions (``cold-start-text-components``; 0: all of it)."""
+    return fit_text_mapping(text_embeddings, catalog_item_vectors(model), seed, base=text_projection(model),
+                            components=components)
 
 
-def publish_mapping(run_dir: Path, model: NeuMF, text_embeddings: np.ndarray, seed: int) -> Path:
+def publish_mapping(run_dir: Path, model: NeuMF, text_embeddings: np.ndarray, seed: int,
+                    components: int) -> Path:
     path = run_dir / COLD_START_FILE
-    fit_mapping(model, text_embeddings, seed).save(path)
+    fit_mapping(model, text_embeddings, seed, components).save(path)
     return path
 
 
@@ -68,6 +67,7 @@ def publish_for_run(run_dir: Path, config: RunConfig, names: list[str], shared: 
         if shared_names(model) != names:
             return "skipped: the final parameters do not match this run's model"
         set_shared(model, shared)
-        return str(publish_mapping(run_dir, model.eval(), text, config.seed).name)
+        return str(publish_mapping(run_dir, model.eval(), text, config.seed,
+                                   config.cold_start_text_components).name)
     except (ColdStartError, TextEncoderError, OSError, ValueError) as exc:
         return f"failed: {type(exc).__name__}: {exc}"

@@ -309,6 +309,61 @@ def choose_ridge(text_embeddings: np.ndarray, targets: ItemVectors, seed: int,
     return grid[int(np.argmin(errors))]
 
 
+@dataclass(frozen=True)
+class TextSubspace:
+    """The leading principal directions of the warm catalog's text embeddings (an affine projection).
+
+    Why: a text item tower's projection is learned on the warm items' full text, title words included, and a
+    new title's own words then land it in a noisy place. Seen through the catalog's leading principal
+    directions (what items share: genre, era, kind of product), a new item's text keeps what its neighbours
+    taught the model and drops what is unique to its name. On ML-100K's held-out items this lifts the text
+    tower's Recall@10 by ~10 % (docs/cold_start.md, where the number of directions was chosen on validation
+    items). The projection is linear, so ``compose`` folds it into an ``ItemMapping``: serving is unchanged.
+    """
+
+    mean: np.ndarray   # [d]
+    basis: np.ndarray  # [d, m], orthonormal columns
+
+    @classmethod
+    def fit(cls, text_embeddings: np.ndarray, components: int) -> TextSubspace:
+        """The ``components`` leading directions of centred ``text_embeddings`` [n, d] (fewer if the data has
+        fewer: at most n - 1 and d)."""
+        if components < 1:
+            raise ColdStartError(f"components: {components} must be >= 1 (0 means the whole embedding)")
+        x = _matrix(text_embeddings, "text_embeddings").astype(np.float64)
+        mean = x.mean(0)
+        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+        rank = min(components, len(x) - 1, x.shape[1])
+        return cls(mean.astype(FLOAT), np.ascontiguousarray(vt[:max(rank, 1)].T, dtype=FLOAT))
+
+    def apply(self, text_embeddings: np.ndarray) -> np.ndarray:
+        x = _matrix(np.atleast_2d(text_embeddings), "text_embeddings", len(self.mean))
+        return (self.mean + ((x - self.mean) @ self.basis) @ self.basis.T).astype(FLOAT)
+
+    def compose(self, mapping: ItemMapping) -> ItemMapping:
+        """``mapping`` applied after this projection, as one ``ItemMapping``: x ↦ mapping(apply(x))."""
+        projector = self.basis.astype(np.float64) @ self.basis.T.astype(np.float64)  # [d, d]
+        weight = projector @ mapping.weight.astype(np.float64)
+        shift = self.mean - self.mean @ projector
+        intercept = shift @ mapping.weight.astype(np.float64) + mapping.intercept
+        return ItemMapping(weight.astype(FLOAT), intercept.astype(FLOAT), mapping.gmf_dim, mapping.mlp_dim)
+
+
+def fit_text_mapping(text_embeddings: np.ndarray, targets: ItemVectors, seed: int, *,
+                     base: ItemMapping | None = None, components: int = 0,
+                     ridge: float | None = None) -> ItemMapping:
+    """The cold-start mapping from warm items' text embeddings to their vectors: the model's projection
+    (``base``, text towers) plus a ridge fit of the rest, seen through the text's ``components`` leading
+    principal directions (0: the whole embedding). ``ridge`` None: chosen on held-out warm items."""
+    x = _matrix(text_embeddings, "text_embeddings")
+    subspace = TextSubspace.fit(x, components) if components else None
+    inputs = subspace.apply(x) if subspace is not None else x
+    if ridge is None:
+        ridge = choose_ridge(inputs, targets, seed, base)
+    mapping = fit_item_mapping(inputs, targets, ridge, base)
+    return subspace.compose(mapping) if subspace is not None else mapping
+
+
 def text_projection(model: NeuMF) -> ItemMapping | None:
     """The model's own text → item-vector projection (``text``/``hybrid`` towers, zero bias); None: ``id``."""
     if not model.shape.uses_text:

@@ -46,6 +46,7 @@ class RunConfig:
     mlp_layers: str
     item_tower: str = field(metadata=_rule(choices=("id", "text", "hybrid")))
     text_encoder: str
+    cold_start_text_components: int = field(metadata=_rule(low=0))
     top_k: int = field(metadata=_rule(low=1))
     server_optimizer: str = field(metadata=_rule(choices=("sgd", "momentum", "adam")))
     server_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))

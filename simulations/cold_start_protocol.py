@@ -69,6 +69,16 @@ def hold_out(dataset: Dataset, seed: int, item_share: float, user_share: float, 
     return ColdHoldout(dataset, workload, warm_items, warm_users, cold_items, cold_users)
 
 
+HALF_SEED_OFFSET = 1000  # the halves' draw is independent of the hold-out's own draw (same seed)
+
+
+def validation_test_halves(n_cold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices of the cold items split in two random halves: settings of the new-item mapping are
+    chosen on the first (validation) and reported on the second (test), as PROTOCOL.md does for users."""
+    order = np.random.default_rng(seed + HALF_SEED_OFFSET).permutation(n_cold)
+    return np.sort(order[:n_cold // 2]), np.sort(order[n_cold // 2:])
+
+
 def interaction_matrix(dataset: Dataset, users: np.ndarray, items: np.ndarray) -> np.ndarray:
     """bool [len(users), len(items)]: who interacted with what (any time) in the full data."""
     user_pos = np.full(dataset.n_users, -1)

@@ -13,10 +13,12 @@ from shared.cold_start import (
     ColdStartError,
     ItemMapping,
     ItemVectors,
+    TextSubspace,
     UserVectors,
     average_user,
     catalog_item_vectors,
     fit_item_mapping,
+    fit_text_mapping,
     fit_user_from_clicks,
     rank_for_text,
     sample_unclicked,
@@ -24,7 +26,7 @@ from shared.cold_start import (
     text_projection,
     user_vectors_of,
 )
-from shared.model import ModelShape, NeuMF, get_shared
+from shared.model import ModelShape, NeuMF, get_shared, shared_names
 
 N_USERS, N_ITEMS, TEXT_DIM = 6, 40, 12
 
@@ -242,7 +244,7 @@ def test_the_published_mapping_places_catalog_items_like_the_text_model(tmp_path
 
     model = make_model("text")
     features = model.item_features.numpy()  # type: ignore[operator]
-    path = publish_mapping(tmp_path, model, features, seed=0)
+    path = publish_mapping(tmp_path, model, features, seed=0, components=0)
     assert path == tmp_path / COLD_START_FILE
     placed = ItemMapping.load(path).place(features)
     catalog = catalog_item_vectors(model)
@@ -333,3 +335,69 @@ def test_sampled_negatives_are_distinct_unclicked_items_on_small_and_large_catal
 def test_no_more_negatives_than_unclicked_items_exist() -> None:
     negatives = sample_unclicked(np.random.default_rng(0), 6, np.array([0, 1, 2, 2]), 50)
     assert sorted(negatives.tolist()) == [3, 4, 5]
+
+
+def test_a_text_subspace_folds_into_one_mapping_that_equals_projecting_then_mapping() -> None:
+    rng = np.random.default_rng(11)
+    text = rng.normal(size=(50, TEXT_DIM)).astype(np.float32)
+    subspace = TextSubspace.fit(text, 5)
+    assert subspace.basis.shape == (TEXT_DIM, 5)
+    np.testing.assert_allclose(subspace.basis.T @ subspace.basis, np.eye(5), atol=1e-5)
+    weight, intercept = rng.normal(size=(TEXT_DIM, 9)), rng.normal(size=9)
+    mapping = ItemMapping(weight.astype(np.float32), intercept.astype(np.float32), 4, 4)
+    new = rng.normal(size=(7, TEXT_DIM)).astype(np.float32)
+    folded, stepwise = subspace.compose(mapping).place(new), mapping.place(subspace.apply(new))
+    np.testing.assert_allclose(folded.stacked(), stepwise.stacked(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_text_subspace_with_all_directions_changes_nothing_and_never_exceeds_the_data() -> None:
+    rng = np.random.default_rng(12)
+    text = rng.normal(size=(30, TEXT_DIM)).astype(np.float32)
+    np.testing.assert_allclose(TextSubspace.fit(text, TEXT_DIM).apply(text), text, atol=1e-5)
+    assert TextSubspace.fit(text[:4], 100).basis.shape == (TEXT_DIM, 3)  # 4 points span 3 directions
+    with pytest.raises(ColdStartError, match="components"):
+        TextSubspace.fit(text, 0)
+
+
+def test_seeing_text_through_its_shared_directions_places_new_items_better() -> None:
+    """Why the published mapping truncates the text (docs/cold_start.md): items share a few latent attributes
+    (strong, common directions) and each text adds its own words (weak, idiosyncratic ones); each warm item's
+    learned vector holds more than its text explains. A mapping fitted on few warm items explains that excess
+    with the idiosyncratic words, which then misplace every new item."""
+    rng = np.random.default_rng(13)
+    dim, attributes, n_warm, n_new = 64, 4, 80, 200
+    loading = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    latent = rng.normal(size=(n_warm + n_new, attributes)) * 3.0
+    own_words = rng.normal(size=(n_warm + n_new, dim - attributes))
+    text = (np.concatenate([latent, own_words], axis=1) @ loading.T).astype(np.float32)
+    truth = latent @ rng.normal(size=(attributes, 9))
+    stacked = truth + rng.normal(size=truth.shape) * 2.0  # what a warm item's vector learned beyond its text
+    targets = ItemVectors(stacked[:, :4], stacked[:, 4:8], stacked[:, 8])
+    warm, new = np.arange(n_warm), np.arange(n_warm, n_warm + n_new)
+
+    def error(components: int) -> float:
+        mapping = fit_text_mapping(text[warm], targets.take(warm), 0, components=components, ridge=0.1)
+        return float(((mapping.place(text[new]).stacked() - truth[new]) ** 2).mean())
+
+    assert error(attributes) < 0.25 * error(0)
+
+
+@pytest.mark.parametrize("components", [0, 4])
+def test_a_run_publishes_the_mapping_through_its_configured_text_directions(
+        make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, components: int) -> None:  # type: ignore[no-untyped-def]
+    import server.cold_start as publishing
+    from shared.workload import load_workload, model_shape
+
+    config = make_config(item_tower="text", cold_start_text_components=components)
+    n_items = load_workload(config).split.n_items
+    text = np.random.default_rng(14).normal(size=(n_items, TEXT_DIM)).astype(np.float32)
+    monkeypatch.setattr(publishing, "catalog_text_embeddings", lambda _config: text)
+    torch.manual_seed(3)
+    model = NeuMF(1, model_shape(config, n_items, text), torch.as_tensor(text)).eval()
+    outcome = publishing.publish_for_run(tmp_path, config, shared_names(model), get_shared(model))
+    assert outcome == publishing.COLD_START_FILE
+    published = ItemMapping.load(tmp_path / publishing.COLD_START_FILE)
+    expected = publishing.fit_mapping(model, text, config.seed, components)
+    np.testing.assert_allclose(published.weight, expected.weight, atol=1e-6)
+    whole = publishing.fit_mapping(model, text, config.seed, 0)
+    assert np.allclose(published.weight, whole.weight, atol=1e-6) == (components == 0)

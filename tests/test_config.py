@@ -73,6 +73,7 @@ def test_integral_float_is_accepted_as_an_int_and_int_as_float() -> None:
     ("target-epsilon", 0.0),
     ("user-sample-rate", 1.5),
     ("server-momentum", 1.0),
+    ("cold-start-text-components", -1),
 ])
 def test_out_of_range_value_is_rejected_naming_the_key(key: str, value: float) -> None:
     assert config_error(**{key: value}).startswith(f"{key}:")

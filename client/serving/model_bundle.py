@@ -6,7 +6,7 @@ Files read (every error names the file and what is wrong, so a malformed run dir
 - ``<run>/config.json`` — the run's settings (model shape, item tower, dataset, text encoder);
 - ``<run>/model.npz`` — the final shared parameters, by name (server/run_record.py);
 - ``<run>/cold_start.npz`` — the text -> item-vector map for new items (shared/cold_start.py). Older run dirs
-  lack it: then one is fitted at load on the catalog (``fit_item_mapping``, ridge ``--mapping-ridge``) and
+  lack it: then one is fitted at load on the catalog (``fit_text_mapping``, ridge ``--mapping-ridge``) and
   ``ModelInfo``/the log say so;
 - ``<state>/user_embeddings.npz`` — the store's users' private GMF/MLP vectors (client/state.py).
 
@@ -38,7 +38,7 @@ from shared.cold_start import (
     ScoringHead,
     UserVectors,
     catalog_item_vectors,
-    fit_item_mapping,
+    fit_text_mapping,
     text_projection,
     user_vectors_of,
 )
@@ -204,7 +204,8 @@ def load_serving_model(paths: ServingPaths, catalog_text: np.ndarray, mapping_ri
             params[name].copy_(torch.as_tensor(private[name.split(".")[0]]))
     model.eval()
     items = catalog_item_vectors(model)
-    mapping, source = _mapping(paths, model, catalog_text, items, mapping_ridge)
+    mapping, source = _mapping(paths, model, catalog_text, items, mapping_ridge,
+                               config.cold_start_text_components)
     return ServingModel(
         config=config, model=model, head=ScoringHead.of(model),
         user_row={user: row for row, user in enumerate(user_ids.tolist())},
@@ -213,8 +214,8 @@ def load_serving_model(paths: ServingPaths, catalog_text: np.ndarray, mapping_ri
         version=_model_version(paths), loaded_at=time.time())
 
 
-def _mapping(paths: ServingPaths, model: NeuMF, catalog_text: np.ndarray, items: ItemVectors, ridge: float
-             ) -> tuple[ItemMapping, str]:
+def _mapping(paths: ServingPaths, model: NeuMF, catalog_text: np.ndarray, items: ItemVectors, ridge: float,
+             components: int) -> tuple[ItemMapping, str]:
     if paths.mapping.exists():
         try:
             mapping = ItemMapping.load(paths.mapping)
@@ -228,7 +229,8 @@ def _mapping(paths: ServingPaths, model: NeuMF, catalog_text: np.ndarray, items:
         return mapping, MAPPING_FILE
     log.warning("%s: not found (a run from before cold start); fitting the text -> item map at load",
                 paths.mapping)
-    return fit_item_mapping(catalog_text, items, ridge, base=text_projection(model)), "fitted at load"
+    return fit_text_mapping(catalog_text, items, 0, base=text_projection(model), components=components,
+                            ridge=ridge), "fitted at load"
 
 
 class ModelWatcher:
