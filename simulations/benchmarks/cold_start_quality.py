@@ -39,7 +39,7 @@ from shared.cold_start import (
     score,
     user_vectors_of,
 )
-from shared.config import from_mapping
+from shared.config import from_mapping, parse_assignment
 from shared.data import Dataset
 from shared.model import NeuMF
 from shared.text_encoder import encode_catalog
@@ -264,7 +264,8 @@ def title_dropout(text: np.ndarray, bare: np.ndarray, holdout: ColdHoldout, rate
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Table]:
     towers, epochs = args.towers, args.epochs
-    base = from_mapping({"seed": seed, "torch-threads": 1, "device": args.device})
+    base = from_mapping({"seed": seed, "torch-threads": 1, "device": args.device,
+                         **dict(parse_assignment(a) for a in args.set)})
     dataset = load_workload(base).dataset
     holdout = hold_out(dataset, seed, args.item_share, args.user_share, base.eval_seed)
     inputs = TextInputs.build(dataset, base.text_encoder, args.embeddings)
@@ -345,6 +346,8 @@ def main() -> None:
     parser.add_argument("--embeddings", type=Path,
                         help="npz of the text inputs: loaded if present, else written")
     parser.add_argument("--out", type=Path, help="also write the per-seed tables here (JSON)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run setting for every seed, e.g. cold-start-text-components=0")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="only merge per-seed table files written by --out")
     args = parser.parse_args()
