@@ -229,7 +229,8 @@ def _mapping(paths: ServingPaths, model: NeuMF, catalog_text: np.ndarray, items:
         return mapping, MAPPING_FILE
     log.warning("%s: not found (a run from before cold start); fitting the text -> item map at load",
                 paths.mapping)
-    return fit_text_mapping(catalog_text, items, 0, base=text_projection(model), components=components,
+    # the ridge is the serving setting, so the seed (which only draws the ridge's validation items) is unused
+    return fit_text_mapping(catalog_text, items, seed=0, base=text_projection(model), components=components,
                             ridge=ridge), "fitted at load"
 
 
