@@ -78,8 +78,10 @@ Table = dict[str, dict[str, float]]
 
 
 def item_rows(model: NeuMF, holdout: ColdHoldout, text: np.ndarray, bare_text: np.ndarray,
-              structured: np.ndarray, seed: int, components: int) -> dict[str, ItemVectors]:
-    """Placed vectors of the cold items under each mapping (all fitted on warm items only)."""
+              structured: np.ndarray, seed: int, published: ItemMapping, components: int
+              ) -> dict[str, ItemVectors]:
+    """Placed vectors of the cold items under each mapping (all fitted on warm items only); ``published`` is
+    the run's mapping, fitted with ``components`` directions, which the sweep reuses instead of refitting."""
     warm, cold = holdout.warm_items, holdout.cold_items
     targets = catalog_item_vectors(model)
 
@@ -87,9 +89,10 @@ def item_rows(model: NeuMF, holdout: ColdHoldout, text: np.ndarray, bare_text: n
         ridge = choose_ridge(features[warm], targets, seed)
         return fit_item_mapping(features[warm], targets, ridge).place(features[cold])
 
-    sweep = {components_row(m): fit_mapping(model, text[warm], seed, m).place(text[cold])
-             for m in COMPONENT_GRID}
-    return {PUBLISHED: fit_mapping(model, text[warm], seed, components).place(text[cold]),
+    placed_published = published.place(text[cold])
+    sweep = {components_row(m): placed_published if m == components
+             else fit_mapping(model, text[warm], seed, m).place(text[cold]) for m in COMPONENT_GRID}
+    return {PUBLISHED: placed_published,
             **sweep,
             "text → item vectors, plain ridge": ridge_fit(text),
             "text without title → item vectors": ridge_fit(bare_text),
@@ -282,7 +285,8 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Table]:
         model, warm_metrics = train_model(config, holdout.warm, features, epochs, verbose=False,
                                           epoch_features=dropout)
         mapping = fit_mapping(model, text[holdout.warm_items], seed, config.cold_start_text_components)
-        placed = item_rows(model, holdout, text, bare, structured, seed, config.cold_start_text_components)
+        placed = item_rows(model, holdout, text, bare, structured, seed, mapping,
+                           config.cold_start_text_components)
         to_items, to_users = evaluate_items(model, holdout, placed, seed)
         cold_users = evaluate_users(model, holdout, users, text, query_embeddings, mapping, base.eval_seed)
         print(f"  trained in {warm_metrics['seconds']}s", flush=True)
