@@ -42,6 +42,10 @@ def tune_run(config: RunConfig) -> dict[str, Any]:
     """Train ``config.num_rounds`` rounds of the proxy; returns the validation curve and the final state."""
     if config.privacy != "user":
         raise ValueError(f"privacy: the proxy runs user-level DP only, got {config.privacy!r}")
+    if config.secagg:
+        # One store stands for the federation: under SecAgg+ a store adds only 1/K of the noise variance, so
+        # the proxy would train with sqrt(K) times too little noise and flatter every setting.
+        raise ValueError("secagg: the proxy is one store and must add the whole noise; set secagg = false")
     torch.set_num_threads(config.torch_threads)
     workload = load_workload(config)
     split = workload.split
