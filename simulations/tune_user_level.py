@@ -15,13 +15,21 @@ It prints one JSON line: the validation sampled and full-ranking HR@10 after eac
 share of non-finite scores (a diverged model, which the metrics count as misses).
 
     .venv/bin/python -m simulations.tune_user_level --set user-sample-rate=1.0 --set server-learning-rate=0.2
+
+A sweep runs many settings × seeds in parallel processes (one torch thread each), e.g. on a many-core box,
+printing one JSON line per run and a last line with each setting's means; the file is a JSON list of
+``{"name": ..., "seeds": [...], "set": {KEY: VALUE}}`` (simulations/tuning/ holds the ones used):
+
+    .venv/bin/python -m simulations.tune_user_level --sweep simulations/tuning/session7.json --processes 16
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,13 +87,70 @@ def tune_run(config: RunConfig) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+PROXY_SETTINGS = {"privacy": "user", "secagg": False, "device": "cpu"}  # one store adds the whole noise
+
+
+def proxy_config(settings: dict[str, Any]) -> RunConfig:
+    return from_mapping({**PROXY_SETTINGS, **settings})
+
+
+def _sweep_job(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
+    name, seed, settings = job
+    torch.set_num_threads(1)
+    return {"name": name, "seed": seed, **tune_run(proxy_config({**settings, "seed": seed}))}
+
+
+def sweep_jobs(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
+    """(name, seed, settings) per run of a sweep file; every entry is checked before anything runs."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read the sweep ({exc})") from exc
+    if not isinstance(entries, list):
+        raise SystemExit(f"{path}: expected a JSON list of settings")
+    jobs = []
+    for position, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("seeds"), list) and isinstance(entry.get("set", {}), dict)):
+            raise SystemExit(f"{path}: entry {position} needs name (text), seeds (list) and set (object)")
+        for seed in entry["seeds"]:
+            proxy_config({**entry.get("set", {}), "seed": seed})  # a bad key or value fails here, naming it
+            jobs.append((entry["name"], int(seed), dict(entry.get("set", {}))))
+    return jobs
+
+
+def run_sweep(path: Path, processes: int) -> list[dict[str, Any]]:
+    """Every run of the sweep in ``processes`` worker processes; returns per-setting means, best first."""
+    jobs = sweep_jobs(path)
+    runs: list[dict[str, Any]] = []
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        for result in pool.imap_unordered(_sweep_job, jobs):
+            print(json.dumps(result), flush=True)
+            runs.append(result)
+    summary = []
+    for name in dict.fromkeys(job[0] for job in jobs):
+        mine = [r for r in runs if r["name"] == name]
+        summary.append({"name": name, "seeds": sorted(r["seed"] for r in mine),
+                        "valid_hr": round(float(np.mean([r["valid_hr"] for r in mine])), 4),
+                        "valid_hr_full": round(float(np.mean([r["valid_hr_full"] for r in mine])), 4),
+                        "non_finite_scores": max(r["non_finite_scores"] for r in mine)})
+    summary.sort(key=lambda row: -row["valid_hr"])
+    print(json.dumps({"summary": summary}), flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--sweep", type=Path, help="a JSON list of settings to run in parallel (see above)")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes of a sweep")
     args = parser.parse_args(argv)
+    if args.sweep is not None:
+        if args.set:
+            parser.error("--set and --sweep do not combine: put the settings in the sweep file")
+        return run_sweep(args.sweep, max(1, args.processes))
     settings = dict(parse_assignment(a) for a in args.set)
-    config = from_mapping({"privacy": "user", "secagg": False, "device": "cpu", **settings})
-    result = {"settings": settings, **tune_run(config)}
+    result = {"settings": settings, **tune_run(proxy_config(settings))}
     print(json.dumps(result), flush=True)
     return result
 

@@ -3,13 +3,17 @@ validation items."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shared.config import RunConfig
+from shared.config import ConfigError, RunConfig
 from shared.privacy import federation_noise_multiplier
-from simulations.tune_user_level import tune_run
+from simulations.tune_user_level import run_sweep, sweep_jobs, tune_run
+from tests.conftest import TINY_MODEL, TINY_STORES
 
 
 def test_the_proxy_spends_the_budget_and_reports_validation_per_round(
@@ -34,3 +38,44 @@ def test_the_proxy_refuses_secagg_which_would_under_noise_it(make_config: Callab
     # With SecAgg+ on, one store adds σ²C²/K: the proxy would read as if the noise were sqrt(K) times smaller.
     with pytest.raises(ValueError, match="secagg"):
         tune_run(make_config(privacy="user", secagg=True, noise_share_stores=8))
+
+
+def _tiny_settings(tiny_data: Path, **overrides: Any) -> dict[str, Any]:
+    return {"dataset": str(tiny_data), "partition": "stores-file", "num-stores": len(TINY_STORES),
+            "num-rounds": 2, "batch-size": 64, "torch-threads": 1, **TINY_MODEL, **overrides}
+
+
+def test_a_sweep_runs_every_setting_and_seed_and_ranks_the_means(tiny_data: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([
+        {"name": "small steps", "seeds": [0, 1],
+         "set": _tiny_settings(tiny_data, **{"server-learning-rate": 0.1})},
+        {"name": "default steps", "seeds": [0], "set": _tiny_settings(tiny_data)},
+    ]))
+    summary = run_sweep(sweep, processes=2)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    runs = [line for line in lines if "summary" not in line]
+    assert sorted((r["name"], r["seed"]) for r in runs) == [("default steps", 0), ("small steps", 0),
+                                                          ("small steps", 1)]
+    assert all(len(r["valid_hr_per_round"]) == 2 for r in runs)
+    assert lines[-1] == {"summary": summary}
+    by_name = {row["name"]: row for row in summary}
+    assert by_name["small steps"]["seeds"] == [0, 1]
+    mean = sum(r["valid_hr"] for r in runs if r["name"] == "small steps") / 2
+    assert by_name["small steps"]["valid_hr"] == pytest.approx(mean, abs=1e-4)
+    assert [row["valid_hr"] for row in summary] == sorted((row["valid_hr"] for row in summary), reverse=True)
+
+
+def test_a_sweep_file_with_a_bad_entry_fails_before_anything_runs(tiny_data: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps([{"name": "ok", "seeds": [0], "set": _tiny_settings(tiny_data)},
+                                 {"name": "bad", "seeds": [0], "set": {"clipping-norm": -1.0}}]))
+    with pytest.raises(ConfigError, match="clipping-norm"):
+        sweep_jobs(sweep)
+    sweep.write_text(json.dumps([{"name": "no seeds", "set": {}}]))
+    with pytest.raises(SystemExit, match="entry 0"):
+        sweep_jobs(sweep)
+    sweep.write_text("[{")
+    with pytest.raises(SystemExit, match=r"sweep\.json"):
+        sweep_jobs(sweep)
