@@ -17,8 +17,10 @@ from shared.config import (
     default_mapping,
     from_mapping,
     key_of,
+    load_toml_overrides,
     parse_assignment,
 )
+from shared.privacy import federation_noise_multiplier
 from shared.workload import store_of_users
 from tests.conftest import tiny_config
 
@@ -174,3 +176,27 @@ def test_even_share_count_below_the_store_count_is_rejected_naming_the_key() -> 
         check_secagg_config(config, 50)
     check_secagg_config(config, 10)  # a full graph is fine
     check_secagg_config(config.replace(secagg_num_shares=11), 50)
+
+
+SCENARIOS = Path(__file__).parents[1] / "simulations/configs"
+
+
+# audit scenarios have their own schema (tests/test_audit.py)
+RUN_SCENARIOS = sorted(p.name for p in SCENARIOS.glob("*.toml") if "audit" not in p.name)
+
+
+@pytest.mark.parametrize("scenario", RUN_SCENARIOS)
+def test_every_shipped_scenario_file_builds_a_valid_config(scenario: str) -> None:
+    path = SCENARIOS / scenario
+    overrides = load_toml_overrides(path)
+    assert overrides, f"{scenario} sets nothing"
+    config = from_mapping(overrides)
+    for key, value in overrides.items():
+        assert getattr(config, key.replace("-", "_")) == value
+
+
+def test_the_recommended_federation_scenario_is_private_and_spends_its_budget_over_its_rounds() -> None:
+    config = from_mapping(load_toml_overrides(SCENARIOS / "federation.toml"))
+    assert (config.privacy, config.secagg, config.target_epsilon) == ("user", True, 8.0)
+    assert config.num_rounds == 40 and config.sigma_from_target
+    assert federation_noise_multiplier(config) > federation_noise_multiplier(config.replace(num_rounds=10))
