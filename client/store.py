@@ -114,7 +114,7 @@ class StoreClient(NumPyClient):
         self._refuse_out_of_range(update.arrays)
         state.save()  # ledger (and embeddings) on disk before anything leaves the store
         metrics: dict[str, Any] = {"store": self.store, "loss": update.loss,
-                                   "epsilon": state.ledger.epsilon(),
+                                   "diverged_users": update.diverged, "epsilon": state.ledger.epsilon(),
                                    "seconds": time.perf_counter() - started}
         if state.ledger.entries and state.ledger.entries[-1].round == round_:
             last = state.ledger.entries[-1]

@@ -38,6 +38,7 @@ class LocalUpdate:
     arrays: list[np.ndarray]  # the shared-parameter update, in shared_names order
     weight: int               # num_examples reported to the strategy
     loss: float
+    diverged: int = 0         # user-level DP: sampled shoppers whose local run went non-finite (counted zero)
 
 
 def train_store(model: NeuMF, split: Split, config: RunConfig, ledger: PrivacyLedger, round_: int,

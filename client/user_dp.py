@@ -60,7 +60,8 @@ def user_level_round(
     sampled = np.flatnonzero(rng.random(split.n_users) < q)
     names = shared_names(model)
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in names}
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []
+    diverged = 0
     for start in range(0, len(sampled), config.user_chunk_size):
         chunk = sampled[start : start + config.user_chunk_size]
         deltas, user_rows, loss = local_user_runs(model, split, pairs, chunk, config, rng, device)
@@ -68,7 +69,8 @@ def user_level_round(
         for n in names:
             total[n] += clipped_sum[n]
         keep_private_rows(model, torch.as_tensor(chunk, device=device), user_rows)
-        losses.append(loss)
+        losses.append(loss.detach().cpu())
+        diverged += int((~torch.isfinite(update_norms(deltas))).sum())
     add_noise_share(
         total,
         sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
@@ -77,8 +79,22 @@ def user_level_round(
     if config.user_refresh_epochs:
         refresh_private_embeddings(model, pairs, config, rng, device)
     ledger.record(round_, sigma, q, 1)
-    loss_value = float(np.mean(losses)) if losses else float("nan")
-    return LocalUpdate([total[n].cpu().numpy() for n in names], weight=1, loss=loss_value)
+    return LocalUpdate([total[n].cpu().numpy() for n in names], weight=1, loss=typical_loss(losses),
+                       diverged=diverged)
+
+
+def typical_loss(per_user: list[torch.Tensor]) -> float:
+    """The median sampled shopper's local loss (NaN when none was sampled).
+
+    Why the median: with large local rates a few shoppers' runs can blow up (loss 1e28 or inf) while the
+    rest train normally; a mean would then report the outliers, not the round. Those runs are counted
+    separately (``LocalUpdate.diverged``) and cannot hurt privacy: they are clipped or count zero.
+    """
+    if not per_user:
+        return float("nan")
+    losses = torch.cat(per_user)
+    losses = losses[torch.isfinite(losses)]
+    return float(losses.median()) if len(losses) else float("inf")
 
 
 def local_user_runs(
@@ -89,12 +105,12 @@ def local_user_runs(
     config: RunConfig,
     rng: np.random.Generator,
     device: torch.device,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], float]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Train each user in ``users`` from the current shared parameters, all at once.
 
-    Returns per-user shared deltas ({name: [U, ...]}), the users' new private rows ({name: [U, dim]}) and the
-    mean local loss. Each local step uses ``user-batch-size`` of the user's train items (with replacement) and
-    ``num-negatives`` negatives each.
+    Returns per-user shared deltas ({name: [U, ...]}), the users' new private rows ({name: [U, dim]}) and each
+    user's mean local loss [U]. Each local step uses ``user-batch-size`` of the user's train items (with
+    replacement) and ``num-negatives`` negatives each.
     """
     n_users, steps = len(users), config.user_local_steps
     params = {n: p.detach() for n, p in model.named_parameters()}
@@ -122,10 +138,10 @@ def local_user_runs(
         )
         for n in local
     }
-    loss_total = 0.0
+    loss_total = torch.zeros(n_users, device=device)
     for s in range(steps):
         grads, loss = step(local, items_t[:, s])
-        loss_total += float(loss.mean())
+        loss_total += loss.detach()
         for n in local:
             local[n] = local[n] - lr[n] * grads[n]
     deltas = {n: local[n] - params[n].unsqueeze(0) for n in names}
@@ -170,12 +186,17 @@ def keep_private_rows(model: NeuMF, users: torch.Tensor, user_rows: dict[str, to
             params[n][users[finite]] = user_rows[n][finite]
 
 
+def update_norms(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each user's L2 norm over all shared parameters jointly: [U] (non-finite for a diverged run)."""
+    return torch.sqrt(torch.stack([d.flatten(1).pow(2).sum(1) for d in deltas.values()]).sum(0))
+
+
 def clip_and_sum(deltas: dict[str, torch.Tensor], clipping_norm: float) -> dict[str, torch.Tensor]:
     """Σ_u Δ_u · min(1, C/‖Δ_u‖) with the norm over all shared parameters jointly; a non-finite Δ_u counts 0.
 
     Each user then moves the sum by at most C — the sensitivity the noise is calibrated to.
     """
-    norms = torch.sqrt(torch.stack([d.flatten(1).pow(2).sum(1) for d in deltas.values()]).sum(0))
+    norms = update_norms(deltas)
     factor = torch.clamp(clipping_norm / (norms + 1e-12), max=1.0)
     finite = torch.isfinite(norms)
     factor = torch.where(finite, factor, torch.zeros_like(factor))

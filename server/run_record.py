@@ -76,6 +76,8 @@ class RunRecord:
                 "sample_rate": float(metrics.get("sample_rate", 0.0)), "steps": int(metrics.get("steps", 0)),
                 "epsilon": float(metrics.get("epsilon", 0.0))})
         self._current = {"round": round_, "stores": n_stores}
+        if self.config.privacy == "user":
+            self._current["diverged_users"] = sum(int(m.get("diverged_users", 0)) for m in store_metrics)
 
     def note_failures(self, round_: int, count: int, reasons: str) -> None:
         self.history.append({"round": round_, "failures": count, "reasons": reasons})

@@ -93,6 +93,7 @@ class FedRecStrategy(FedAvg):
         self.budget_stop: str | None = None
         self._round_started = time.perf_counter()
         self._fit_loss = float("nan")
+        self._diverged = 0  # shoppers whose local run diverged this round (user-level DP; counted zero)
 
     def global_round(self, workflow_round: int) -> int:
         return self.start_round + workflow_round
@@ -156,6 +157,7 @@ class FedRecStrategy(FedAvg):
         self.shared = self.optimizer.step(self.shared, update)
         metrics = [res.metrics for _, res in results]
         self._fit_loss = float(np.nanmean([float(m.get("loss", np.nan)) for m in metrics]))
+        self._diverged = sum(int(m.get("diverged_users", 0)) for m in metrics)
         self.record.note_fit(round_, metrics, len(results))
         self.aggregated.add(server_round)
         return ndarrays_to_parameters(pack(self.shared)), {"loss": self._fit_loss}
@@ -209,10 +211,10 @@ class FedRecStrategy(FedAvg):
         seconds = time.perf_counter() - self._round_started
         self.record.note_evaluation(round_, metrics, self._fit_loss, seconds)
         k = self.config.top_k
+        diverged = f" ({self._diverged} shoppers' local runs diverged)" if self._diverged else ""
         print(
             f"round {round_}/{self.start_round + self.record.planned_rounds} loss {self._fit_loss:.4f} "
-            f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid) "
-            f"{seconds:.1f}s",
+            f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid) {seconds:.1f}s{diverged}",
             flush=True,
         )
         return 0.0, dict(metrics)

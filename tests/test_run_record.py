@@ -113,3 +113,12 @@ def test_a_prv_epsilon_that_cannot_be_computed_is_null_and_the_rdp_one_stands(
     monkeypatch.setattr(PrivacyLedger, "epsilon", prv_out_of_memory)
     assert record.epsilon_prv() is None
     assert 0 < record.epsilon() < float("inf")
+
+
+def test_a_user_level_round_records_how_many_shoppers_local_runs_diverged(
+        make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
+    record = RunRecord.open(tmp_path, make_config(privacy="user", num_rounds=1), NAMES)
+    record.note_fit(1, [{"store": 0, "loss": 0.4, "diverged_users": 2},
+                        {"store": 1, "loss": 0.5, "diverged_users": 1}], n_stores=2)
+    record.note_evaluation(1, {"test/hr@10": 0.1}, loss=0.45, seconds=1.0)
+    assert record.history[-1]["diverged_users"] == 3

@@ -292,3 +292,36 @@ def test_a_user_whose_local_run_diverged_keeps_their_previous_embedding(
         np.testing.assert_array_equal(after[name][diverged], before[name][diverged])
         assert np.isfinite(after[name]).all()
         assert (np.abs(after[name][others] - before[name][others]).max(axis=1) > 0).all()
+
+
+def test_a_diverged_run_is_counted_and_the_round_reports_the_median_shoppers_loss(
+        make_config: Callable[..., RunConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shopper's run blowing up (inf delta, loss 1e30) must not become the round's loss; it is counted."""
+    config = user_config(make_config, user_sample_rate=1.0, user_refresh_epochs=0)
+    model, split = store_model(config)
+    real = user_dp.local_user_runs
+    seen: list[torch.Tensor] = []
+
+    def two_users_diverge(model: Any, split: Any, pairs: Any, users: np.ndarray, *args: Any) -> Any:
+        deltas, rows, loss = real(model, split, pairs, users, *args)
+        first = next(iter(deltas))
+        deltas[first][0] = float("inf")  # a non-finite update: counts zero, and is counted
+        loss[0], loss[1] = float("inf"), 1e30  # a finite blow-up is clipped like any update
+        seen.append(loss.clone())
+        return deltas, rows, loss
+
+    monkeypatch.setattr(user_dp, "local_user_runs", two_users_diverge)
+    ledger = PrivacyLedger(config.delta)
+    update = user_level_round(model, split, config, ledger, 1, np.random.default_rng(0), CPU)
+
+    losses = torch.cat(seen)
+    assert update.diverged == len(seen)  # one per chunk of users
+    assert update.loss == pytest.approx(float(losses[torch.isfinite(losses)].median()))
+    assert update.loss < 10.0
+
+
+def test_typical_loss_is_the_median_of_the_finite_losses() -> None:
+    losses = [torch.tensor([0.5, float("inf"), 0.7]), torch.tensor([1e30, 0.6, 0.65])]
+    assert user_dp.typical_loss(losses) == pytest.approx(0.65)
+    assert math.isnan(user_dp.typical_loss([]))
+    assert user_dp.typical_loss([torch.tensor([float("nan"), float("inf")])]) == float("inf")
