@@ -79,3 +79,10 @@ def test_a_sweep_file_with_a_bad_entry_fails_before_anything_runs(tiny_data: Pat
     sweep.write_text("[{")
     with pytest.raises(SystemExit, match=r"sweep\.json"):
         sweep_jobs(sweep)
+
+
+@pytest.mark.parametrize("sweep", sorted(p.name for p in (Path(__file__).parents[1] / "simulations/tuning")
+                                         .glob("*.json")))
+def test_every_shipped_sweep_file_is_valid(sweep: str) -> None:
+    jobs = sweep_jobs(Path(__file__).parents[1] / "simulations/tuning" / sweep)
+    assert jobs and all(isinstance(seed, int) for _, seed, _ in jobs)
