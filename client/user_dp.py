@@ -65,12 +65,13 @@ def user_level_round(
     for start in range(0, len(sampled), config.user_chunk_size):
         chunk = sampled[start : start + config.user_chunk_size]
         deltas, user_rows, loss = local_user_runs(model, split, pairs, chunk, config, rng, device)
-        clipped_sum = clip_and_sum(deltas, config.clipping_norm)
+        norms = update_norms(deltas)
+        clipped_sum = clip_and_sum(deltas, config.clipping_norm, norms)
         for n in names:
             total[n] += clipped_sum[n]
         keep_private_rows(model, torch.as_tensor(chunk, device=device), user_rows)
         losses.append(loss.detach().cpu())
-        diverged += int((~torch.isfinite(update_norms(deltas))).sum())
+        diverged += int((~torch.isfinite(norms)).sum())
     add_noise_share(
         total,
         sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
@@ -191,12 +192,15 @@ def update_norms(deltas: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(torch.stack([d.flatten(1).pow(2).sum(1) for d in deltas.values()]).sum(0))
 
 
-def clip_and_sum(deltas: dict[str, torch.Tensor], clipping_norm: float) -> dict[str, torch.Tensor]:
+def clip_and_sum(deltas: dict[str, torch.Tensor], clipping_norm: float,
+                 norms: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Σ_u Δ_u · min(1, C/‖Δ_u‖) with the norm over all shared parameters jointly; a non-finite Δ_u counts 0.
 
-    Each user then moves the sum by at most C — the sensitivity the noise is calibrated to.
+    Each user then moves the sum by at most C — the sensitivity the noise is calibrated to. ``norms``: the
+    deltas' ``update_norms`` when the caller already has them (the round also counts the non-finite ones).
     """
-    norms = update_norms(deltas)
+    if norms is None:
+        norms = update_norms(deltas)
     factor = torch.clamp(clipping_norm / (norms + 1e-12), max=1.0)
     finite = torch.isfinite(norms)
     factor = torch.where(finite, factor, torch.zeros_like(factor))
