@@ -95,8 +95,7 @@ def proxy_config(settings: dict[str, Any]) -> RunConfig:
 
 
 def _sweep_job(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
-    name, seed, settings = job
-    torch.set_num_threads(1)
+    name, seed, settings = job  # tune_run sets the worker's torch threads (torch-threads, 1 by default)
     return {"name": name, "seed": seed, **tune_run(proxy_config({**settings, "seed": seed}))}
 
 

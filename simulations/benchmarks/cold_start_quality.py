@@ -69,12 +69,12 @@ QUERY_GENRES = 2
 PUBLISHED = "text → item vectors (published mapping)"
 COMPONENT_GRID = (0, 8, 16, 32, 64, 128)  # cold-start-text-components tried; 0 = the whole embedding
 VALID, TEST = f"recall@{K} validation half", f"recall@{K} test half"
+Table = dict[str, dict[str, float]]
 
 
 def components_row(components: int) -> str:
     return (f"published mapping, text through its {components} leading directions" if components else
             "published mapping, whole text embedding")
-Table = dict[str, dict[str, float]]
 
 
 def item_rows(model: NeuMF, holdout: ColdHoldout, text: np.ndarray, bare_text: np.ndarray,
