@@ -7,6 +7,7 @@ deployment a partner's SuperNode points ``data-dir`` at its own CSV files and ``
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from flwr.app import Context, Message
@@ -14,6 +15,7 @@ from flwr.client import Client, ClientApp
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 
+from client.secagg_rounding import rounding_seed, seeded_global_numpy
 from client.store import StoreClient, StoreData, store_data
 from shared.config import RunConfig, from_mapping
 from shared.split import sampled_negatives
@@ -27,13 +29,12 @@ WARM_DATA_ENV = "FEDREC_WARM_DATA_DIR"  # set by deploy/partner.py for its Super
 def client_fn(context: Context, config: RunConfig | None = None) -> Client:
     config = config or from_mapping(dict(context.run_config))
     node = context.node_config
+    store = node_store(context)
     if "data-dir" in node:  # a partner site: its own data, all of it
         dataset, split = dataset_and_split(str(node["data-dir"]))
         data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES),
                          catalog_features(config, dataset), dataset.item_ids)
-        store = int(node.get("store", 0))
     else:
-        store = int(node["partition-id"])
         data = store_data(config, store)
     state_root = str(node.get("state-dir", "") or config.state_dir)
     state_dir = None
@@ -41,6 +42,12 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
         state_dir = (partner_state_dir(Path(state_root), config, context.run_id) if "data-dir" in node
                      else Path(state_root) / f"store-{store}")
     return StoreClient(config, store, data, state_dir).to_client()
+
+
+def node_store(context: Context) -> int:
+    """The store a node serves: its ``partition-id`` in simulation, its ``store`` (default 0) at a partner."""
+    node = context.node_config
+    return int(node.get("store", 0)) if "data-dir" in node else int(node["partition-id"])
 
 
 def warm() -> None:
@@ -61,14 +68,20 @@ def partner_state_dir(state_root: Path, config: RunConfig, run_id: int) -> Path:
     return state_root / PARTNER_RUNS_DIR / (Path(config.run_dir).name if config.run_dir else f"run-{run_id}")
 
 
-def secagg_when_requested(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+def secagg_when_requested(msg: Message, context: Context, call_next: ClientAppCallable,
+                          config: RunConfig | None = None) -> Message:
     """Run Flower's ``secaggplus_mod`` on messages of the SecAgg+ protocol, pass the rest through.
 
-    With ``secagg = false`` the server sends plain fit messages, which ``secaggplus_mod`` would reject.
+    With ``secagg = false`` the server sends plain fit messages, which ``secaggplus_mod`` would reject. Its
+    stochastic rounding is drawn from the run's seed (client/secagg_rounding.py), so runs reproduce.
+    ``config`` overrides ``context.run_config`` as in ``client_fn``.
     """
-    if msg.has_content() and SECAGG_RECORD in msg.content.config_records:
+    if not (msg.has_content() and SECAGG_RECORD in msg.content.config_records):
+        return call_next(msg, context)
+    config = config or from_mapping(dict(context.run_config))
+    seed = rounding_seed(config, node_store(context), int(msg.metadata.group_id))
+    with seeded_global_numpy(seed):
         return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
 
 
 def build_client_app(config: RunConfig | None = None) -> ClientApp:
@@ -77,7 +90,7 @@ def build_client_app(config: RunConfig | None = None) -> ClientApp:
     def configured_client_fn(context: Context) -> Client:
         return client_fn(context, config)
 
-    return ClientApp(client_fn=configured_client_fn, mods=[secagg_when_requested])
+    return ClientApp(client_fn=configured_client_fn, mods=[partial(secagg_when_requested, config=config)])
 
 
 app = build_client_app()

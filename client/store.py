@@ -126,7 +126,7 @@ class StoreClient(NumPyClient):
         state = StoreState.load(self._directory(config), self.data.user_ids, self.config.delta)
         model = self._model(parameters, state)
         model.eval()
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"store": self.store}
         results = evaluate_held_out(model.score_all_items, self.data.split, self.data.negatives, EVAL_SPLITS,
                                     self.config.top_k, self.device)
         for which, prefix in zip(EVAL_SPLITS, EVAL_PREFIXES, strict=True):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.common import (
@@ -149,6 +149,7 @@ class FedRecStrategy(FedAvg):
                 f"round {round_}: only {len(results)} stores contributed, fewer than "
                 f"noise-share-stores={noise_shares(self.config)}; the sum would be under-noised"
             )
+        results = in_store_order(results)
         mean_params, _ = super().aggregate_fit(server_round, results, [])
         if mean_params is None:
             raise RoundFailed(f"round {round_}: aggregation produced no parameters")
@@ -207,7 +208,7 @@ class FedRecStrategy(FedAvg):
             self.record.note_failures(round_, len(failures), reasons)
             if not self.config.accept_failures:
                 raise RoundFailed(f"round {round_}: evaluation failed at {len(failures)} store(s): {reasons}")
-        metrics = aggregate_store_metrics([res.metrics for _, res in results])
+        metrics = aggregate_store_metrics([res.metrics for _, res in in_store_order(results)])
         seconds = time.perf_counter() - self._round_started
         self.record.note_evaluation(round_, metrics, self._fit_loss, seconds)
         k = self.config.top_k
@@ -218,6 +219,15 @@ class FedRecStrategy(FedAvg):
             flush=True,
         )
         return 0.0, dict(metrics)
+
+
+Result = TypeVar("Result", FitRes, EvaluateRes)
+
+
+def in_store_order(results: list[tuple[ClientProxy, Result]]) -> list[tuple[ClientProxy, Result]]:
+    """The replies sorted by store, not by arrival: float sums then round the same way in every run, so a
+    seeded run reproduces exactly (the arrival order changes from run to run)."""
+    return sorted(results, key=lambda result: int(result[1].metrics.get("store", -1)))
 
 
 def aggregate_store_metrics(store_metrics: list[dict[str, Any]]) -> dict[str, float]:

@@ -14,6 +14,7 @@ import os
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def client_app(config: RunConfig, outer: Iterable[Mod] = (), inner: Iterable[Mod
     def client_fn(context: Context) -> Client:
         return client_app_module.client_fn(context, config)
 
-    return ClientApp(client_fn=client_fn, mods=[*outer, client_app_module.secagg_when_requested, *inner])
+    secagg = partial(client_app_module.secagg_when_requested, config=config)
+    return ClientApp(client_fn=client_fn, mods=[*outer, secagg, *inner])
 
 
 def record_fits(out_dir: Path) -> Mod:
@@ -299,6 +301,21 @@ def test_secagg_and_plain_runs_agree_within_quantization_error(make_config: Call
     # times (measured: up to 9.8 levels over 8 seeds, against 2 rounds × 3 stores = 6 levels of quantization);
     # the bound allows 20× the quantization of both rounds.
     assert max_abs_difference(models[True][1], models[False][1]) < 20 * 2 * STORES * step
+
+
+def test_a_secagg_run_reproduces_bit_for_bit_from_its_seed(make_config: Callable[..., RunConfig],
+                                                           tmp_path: Path) -> None:
+    """SecAgg+'s stochastic rounding is drawn from the run seed (client/secagg_rounding.py), not from whatever
+    NumPy's global generator holds: two runs of one config end with the same model, a third seed does not."""
+    models = []
+    for run, (seed, outside) in enumerate([(0, 1), (0, 2), (1, 1)]):
+        config = make_config(num_rounds=2, run_dir=str(tmp_path / f"run-{run}"), seed=seed, **SECAGG)
+        np.random.seed(outside)  # the process's global generator differs between the first two runs
+        assert run_in_process(config, client_app(config), STORES)[0]["status"] == "completed"
+        models.append(model_npz(Path(config.run_dir)))
+    for same, first in zip(models[1], models[0], strict=True):
+        np.testing.assert_array_equal(same, first)
+    assert any(not np.array_equal(other, first) for other, first in zip(models[2], models[0], strict=True))
 
 
 def test_quantization_error_is_far_below_the_dp_noise_at_default_settings() -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def spying_client_app(out_dir: Path) -> Callable[[RunConfig | None], ClientApp]:
             return client_app_module.client_fn(context, config)
 
         return ClientApp(client_fn=client_fn,
-                         mods=[spy_mod(str(out_dir)), client_app_module.secagg_when_requested])
+                         mods=[spy_mod(str(out_dir)),
+                               partial(client_app_module.secagg_when_requested, config=config)])
 
     return build
 

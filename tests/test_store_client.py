@@ -115,7 +115,8 @@ def test_evaluate_returns_valid_and_test_sums_with_the_user_count(make_config: C
     assert loss == 0.0 and users == STORE_USERS
     expected = {"users", "hr@10", "ndcg@10", "auc", "hr@10_full", "ndcg@10_full", "recall@20_full",
                 "precision@10_full"}
-    assert set(metrics) == {f"{prefix}/{key}" for prefix in ("valid", "test") for key in expected}
+    assert set(metrics) == {"store"} | {f"{prefix}/{key}" for prefix in ("valid", "test") for key in expected}
+    assert metrics["store"] == STORE  # the server sums the stores' metrics in store order
     assert metrics["test/users"] == metrics["valid/users"] == STORE_USERS
     for prefix in ("valid", "test"):
         assert 0.0 <= metrics[f"{prefix}/hr@10"] <= STORE_USERS      # sums, not means

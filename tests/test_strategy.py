@@ -29,8 +29,10 @@ def strategy(config: RunConfig, run_dir: Path, num_stores: int = 3) -> FedRecStr
     return FedRecStrategy(config, record, [a.copy() for a in START], optimizer, num_stores, POPULATION)
 
 
-def fit_result(update: list[np.ndarray], weight: int, loss: float = 0.5) -> tuple[Any, FitRes]:
-    return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(pack(update)), weight, {"loss": loss})
+def fit_result(update: list[np.ndarray], weight: int, loss: float = 0.5,
+               store: int = 0) -> tuple[Any, FitRes]:
+    return None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(pack(update)), weight,
+                        {"loss": loss, "store": store})
 
 
 def received(parameters: Any) -> list[np.ndarray]:
@@ -57,6 +59,22 @@ def test_round_applies_the_example_weighted_mean_update(make_config: Callable[..
     np.testing.assert_allclose(new[1], np.full(3, 5.0))          # 1 + 4
     assert metrics == {"loss": pytest.approx(0.6)}
     assert fed.aggregated == {1}
+
+
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in(make_config: Callable[..., RunConfig],
+                                                                       tmp_path: Path) -> None:
+    """Float addition is not associative: 1e16 + 1 - 1e16 is 0 or 1 by order. Replies are summed in store
+    order, so a seeded run ends with the same model whichever store answered first."""
+    replies = [fit_result(update(value), 1, store=store) for store, value in enumerate([1e16, 1.0, -1e16])]
+    models = []
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
+        fed = strategy(make_config(), tmp_path / "-".join(map(str, order)))
+        parameters, _ = fed.aggregate_fit(1, [replies[i] for i in order], [])
+        models.append(received(parameters))
+    assert np.mean(np.array([1e16, -1e16, 1.0])) != np.mean(np.array([1e16, 1.0, -1e16]))  # order matters
+    for model in models[1:]:
+        for got, first in zip(model, models[0], strict=True):
+            np.testing.assert_array_equal(got, first)
 
 
 def test_user_level_update_is_the_sum_over_q_times_population(make_config: Callable[..., RunConfig],

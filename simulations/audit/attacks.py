@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from client.secagg_rounding import seeded_global_numpy
+
 BIAS_SUFFIX = "item_bias.weight"  # text tower: one signed value per item
 EMBEDDING_SUFFIX = "_item.weight"  # id/hybrid towers: one row per item
 SECAGG_SEED_BYTES = 32
@@ -188,12 +190,8 @@ def masked_update(
     from flwr.common.secure_aggregation.quantization import quantize
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-    state = np.random.get_state()  # Flower's stochastic rounding draws from NumPy's global generator
-    np.random.seed(int(rng.integers(2**32)))
-    try:
+    with seeded_global_numpy(int(rng.integers(2**32))):  # Flower rounds with NumPy's global generator
         quantized = quantize(list(arrays), clipping_range, quantization_range)
-    finally:
-        np.random.set_state(state)
     shapes = [a.shape for a in quantized]
     masked = [q.astype(np.int64) for q in quantized]
     for _ in range(1 + neighbours):

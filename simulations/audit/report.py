@@ -209,8 +209,8 @@ def render_markdown(
         "",
         "- ε bounds what leaves the stores (the shared model); user embeddings train without noise at the "
         "store (joint DP), so the personalized-model MIA is *not* bounded by ε.",
-        "- SecAgg+ quantizes with stochastic rounding; re-running a SecAgg+ point reproduces its numbers "
-        "to quantization level (≈ 1e-4 relative), plain points exactly.",
+        "- Every point reproduces bit for bit from its seed, SecAgg+ points included (its stochastic "
+        "rounding is drawn from the run seed unless secure-rng is set).",
         "- Hyperparameters were tuned on the validation item (docs/privacy.md); that tuning is not in ε.",
         "",
     ]
