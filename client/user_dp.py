@@ -26,7 +26,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from client.trainers import BudgetExhausted, LocalUpdate, dp_noise_generator
 from shared.config import RunConfig
 from shared.ledger import PrivacyLedger
-from shared.model import PRIVATE_PARAMETERS, NeuMF, shared_names
+from shared.model import PRIVATE_PARAMETERS, NeuMF, federated_names, shared_names
 from shared.privacy import federation_noise_multiplier, noise_shares
 from shared.split import Split
 from shared.training import TrainPairs, TrainSettings, train_pointwise
@@ -59,6 +59,7 @@ def user_level_round(
     pairs = TrainPairs(split)
     sampled = np.flatnonzero(rng.random(split.n_users) < q)
     names = shared_names(model)
+    learned = federated_names(names, config.federated_parameters)
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in names}
     losses: list[torch.Tensor] = []
     diverged = 0
@@ -67,13 +68,13 @@ def user_level_round(
         deltas, user_rows, loss = local_user_runs(model, split, pairs, chunk, config, rng, device)
         norms = update_norms(deltas)
         clipped_sum = clip_and_sum(deltas, config.clipping_norm, norms)
-        for n in names:
+        for n in learned:
             total[n] += clipped_sum[n]
         keep_private_rows(model, torch.as_tensor(chunk, device=device), user_rows)
         losses.append(loss.detach().cpu())
         diverged += int((~torch.isfinite(norms)).sum())
-    add_noise_share(
-        total,
+    add_noise_share(  # only the learned parameters: the others are sent as exact zeros, which reveal nothing
+        {n: total[n] for n in learned},
         sigma * config.clipping_norm / math.sqrt(noise_shares(config)),
         noise_generator or dp_noise_generator(config, rng),
     )
@@ -109,13 +110,14 @@ def local_user_runs(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     """Train each user in ``users`` from the current shared parameters, all at once.
 
-    Returns per-user shared deltas ({name: [U, ...]}), the users' new private rows ({name: [U, dim]}) and each
-    user's mean local loss [U]. Each local step uses ``user-batch-size`` of the user's train items (with
-    replacement) and ``num-negatives`` negatives each.
+    Returns per-user deltas of the learned shared parameters ({name: [U, ...]}, ``federated-parameters``),
+    the users' new private rows ({name: [U, dim]}) and each user's mean local loss [U]. Each local step uses
+    ``user-batch-size`` of the user's train items (with replacement) and ``num-negatives`` negatives each.
+    The shared parameters the federation does not learn enter as constants (no per-user copy, no gradient).
     """
     n_users, steps = len(users), config.user_local_steps
     params = {n: p.detach() for n, p in model.named_parameters()}
-    names = shared_names(model)
+    names = federated_names(shared_names(model), config.federated_parameters)
     local = {n: params[n].unsqueeze(0).repeat(n_users, *([1] * params[n].dim())) for n in names}
     for n in PRIVATE_PARAMETERS:
         local[n] = params[n][torch.as_tensor(users, device=device)].unsqueeze(1).clone()  # [U, 1, dim]
@@ -125,8 +127,10 @@ def local_user_runs(
     zero_user = torch.zeros(items.shape[-1], dtype=torch.long, device=device)
     bce = nn.BCEWithLogitsLoss()
 
+    constants = {n: p for n, p in params.items() if n not in local}
+
     def loss_of(p: dict[str, torch.Tensor], batch_items: torch.Tensor) -> torch.Tensor:
-        return bce(functional_call(model, p, (zero_user, batch_items)), labels_t)
+        return bce(functional_call(model, {**constants, **p}, (zero_user, batch_items)), labels_t)
 
     step = vmap(grad_and_value(loss_of))
     lr = {
@@ -231,7 +235,8 @@ def refresh_private_embeddings(
         p.requires_grad_(False)
     try:
         settings = TrainSettings(
-            config.user_refresh_epochs, config.batch_size, config.learning_rate, config.num_negatives
+            config.user_refresh_epochs, config.batch_size, config.user_refresh_learning_rate,
+            config.num_negatives
         )
         with model.frozen_item_vectors():
             train_pointwise(model, pairs, settings, rng, device)

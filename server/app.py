@@ -19,8 +19,8 @@ from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from server.strategy import FedRecStrategy, RoundFailed
 from shared.config import ConfigError, RunConfig, from_mapping
-from shared.model import NeuMF, initial_shared, shared_names
-from shared.workload import catalog_features, load_workload, model_shape, number_of_stores
+from shared.model import NeuMF, shared_names
+from shared.workload import catalog_features, initial_parameters, load_workload, model_shape, number_of_stores
 
 log = logging.getLogger("fedrec.server")
 RUNS_ROOT = Path("runs")
@@ -73,7 +73,7 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
                                                 int(record.resumed_from.meta.get("optimizer_steps", 0)))
         print(f"resuming {run_dir} after round {record.completed_round}", flush=True)
     else:
-        shared = initial_shared(shape, config.seed)
+        shared = initial_parameters(config, shape, catalog_features(config))
         optimizer = ServerOptimizer.from_config(config)
     strategy = FedRecStrategy(config, record, shared, optimizer, num_stores, population)
     if record.planned_rounds == 0:

@@ -34,6 +34,7 @@ from server.run_record import RunRecord
 from shared.config import RunConfig
 from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.metrics import mean_metrics
+from shared.model import federated_names
 from shared.privacy import federation_noise_multiplier, noise_shares, user_level_estimate
 from shared.wire import pack, unpack
 
@@ -168,7 +169,12 @@ class FedRecStrategy(FedAvg):
         number of stores is the sum the DP-FedAvg estimate divides."""
         if self.config.privacy != "user":
             return mean
-        return user_level_estimate([m * n_results for m in mean], self.config, self.population)
+        step = user_level_estimate([m * n_results for m in mean], self.config, self.population)
+        learned = set(federated_names(self.record.names, self.config.federated_parameters))
+        # Stores send exact zeros for the parameters the federation does not learn; SecAgg+'s dequantization
+        # could still leave float dust there, and those parameters must stay exactly as published.
+        return [part if name in learned else np.zeros_like(part)
+                for name, part in zip(self.record.names, step, strict=True)]
 
     # -- after fit: the round's checkpoint --------------------------------------------------------------
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:

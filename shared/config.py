@@ -71,6 +71,8 @@ class RunConfig:
     user_dense_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))
     user_chunk_size: int = field(metadata=_rule(low=1))
     user_refresh_epochs: int = field(metadata=_rule(low=0))
+    user_refresh_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))
+    federated_parameters: str = field(metadata=_rule(choices=("all", "item-bias")))
     population: int = field(metadata=_rule(low=0))
     secure_rng: bool
     secagg: bool
@@ -158,6 +160,13 @@ def validated(config: RunConfig) -> RunConfig:
         raise ConfigError(
             f"secagg-reconstruction-threshold: {config.secagg_reconstruction_threshold} must be below "
             f"secagg-num-shares ({config.secagg_num_shares}) (Flower's SecAgg+ requires it)"
+        )
+    bias_only = config.federated_parameters == "item-bias"
+    if bias_only and (config.privacy != "user" or config.item_tower != "text"):
+        raise ConfigError(
+            f"federated-parameters: 'item-bias' needs privacy = 'user' and item-tower = 'text' (got "
+            f"{config.privacy!r}, {config.item_tower!r}): only the text tower has a per-item bias and a "
+            "public item side"
         )
     threshold = config.secagg_reconstruction_threshold
     if config.secagg and config.privacy == "user" and config.noise_share_stores > threshold:

@@ -213,6 +213,20 @@ def initial_shared(shape: ModelShape, seed: int) -> list[np.ndarray]:
     return get_shared(NeuMF(1, shape))
 
 
+ITEM_BIAS = "item_bias.weight"
+
+
+def federated_names(names: list[str], federated_parameters: str) -> list[str]:
+    """The shared parameters the federation learns (``federated-parameters``), in ``names`` order.
+
+    ``item-bias``: only the per-item bias. The other shared parameters still travel (every store needs the
+    same item side) but stay at their round-0 values: public text directions for the projections, the
+    seeded start for the MLP and output layer. Stores neither train nor noise them, so the DP noise has one
+    coordinate per item instead of one per shared parameter (~1.7k instead of ~24k on ML-100K).
+    """
+    return list(names) if federated_parameters == "all" else [n for n in names if n == ITEM_BIAS]
+
+
 def shared_parameter_shapes(model: nn.Module) -> list[tuple[int, ...]]:
     """Shapes of ``model``'s shared parameters, in ``shared_names`` order (how a packed message is cut)."""
     return [tuple(p.shape) for p in shared_state(model).values()]

@@ -41,9 +41,9 @@ from shared.config import RunConfig, from_mapping, parse_assignment
 from shared.evaluation import evaluate
 from shared.ledger import PrivacyLedger
 from shared.metrics import mean_metrics
-from shared.model import NeuMF, initial_shared, set_shared
+from shared.model import NeuMF, set_shared
 from shared.privacy import user_level_estimate
-from shared.workload import catalog_features, load_workload, model_shape
+from shared.workload import catalog_features, initial_parameters, load_workload, model_shape
 
 
 def tune_run(config: RunConfig) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def tune_run(config: RunConfig) -> dict[str, Any]:
     shape = model_shape(config, split.n_items, features)
     torch.manual_seed(config.seed)
     model = NeuMF(split.n_users, shape, None if features is None else torch.as_tensor(features))
-    shared = initial_shared(shape, config.seed)
+    shared = initial_parameters(config, shape, features)
     set_shared(model, shared)
     optimizer = ServerOptimizer.from_config(config)
     ledger = PrivacyLedger(delta=config.delta)

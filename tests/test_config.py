@@ -109,6 +109,19 @@ def test_noise_share_stores_above_threshold_is_allowed_without_secagg() -> None:
     assert config.noise_share_stores == 9
 
 
+@pytest.mark.parametrize("overrides", [{"privacy": "none"}, {"privacy": "interaction"}, {"item-tower": "id"},
+                                       {"item-tower": "hybrid"}])
+def test_learning_only_the_item_bias_needs_user_level_dp_and_the_text_tower(overrides: dict[str, Any]
+                                                                            ) -> None:
+    message = config_error(**{"federated-parameters": "item-bias", **overrides})
+    assert message.startswith("federated-parameters: 'item-bias' needs privacy = 'user' and item-tower = "
+                              "'text'")
+
+
+def test_learning_only_the_item_bias_is_valid_with_the_defaults() -> None:
+    assert from_mapping({"federated-parameters": "item-bias"}).federated_parameters == "item-bias"
+
+
 def test_replace_validates_the_new_value() -> None:
     with pytest.raises(ConfigError, match=r"^num-rounds:"):
         from_mapping({}).replace(num_rounds=0)

@@ -89,6 +89,21 @@ def test_user_level_update_is_the_sum_over_q_times_population(make_config: Calla
     assert fed.record.federation_ledger.rounds == [1]
 
 
+def test_with_only_the_item_bias_learned_every_other_parameter_stays_exactly_as_published(
+        make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
+    """SecAgg+'s dequantization may leave float dust where stores sent exact zeros; the server drops it."""
+    config = make_config(privacy="user", item_tower="text", federated_parameters="item-bias",
+                         sigma_from_target=False, noise_multiplier=1.0, user_sample_rate=0.2)
+    record = RunRecord.open(tmp_path, config, ["mlp_item_proj.weight", "item_bias.weight"])
+    fed = FedRecStrategy(config, record, [a.copy() for a in START], ServerOptimizer.from_config(config), 3,
+                         POPULATION)
+    dust = [np.full((2, 2), 1e-13), np.full(3, 3.0)]
+    parameters, _ = fed.aggregate_fit(1, [fit_result(dust, 1, store=0), fit_result(dust, 1, store=1)], [])
+    new = received(parameters)
+    np.testing.assert_array_equal(new[0], START[0])                 # not learned: exactly as published
+    np.testing.assert_allclose(new[1], START[1] + 6.0 / (0.2 * POPULATION))  # learned: the DP-FedAvg step
+
+
 def test_failed_store_fails_the_round_and_leaves_the_model(make_config: Callable[..., RunConfig],
                                                            tmp_path: Path) -> None:
     fed = strategy(make_config(accept_failures=False), tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,11 @@ import pytest
 import torch
 
 from shared import text_encoder
-from shared.model import ModelShape, NeuMF, get_shared, shared_names
+from shared.cold_start import TextSubspace
+from shared.config import RunConfig
+from shared.model import ModelShape, NeuMF, get_shared, initial_shared, shared_names
 from shared.text_encoder import TextEncoderError, encode_catalog, model_dir, packaged_model_dir
+from shared.workload import catalog_features, initial_parameters, load_workload, model_shape
 
 SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "A girl is carrying a baby."]
 
@@ -87,3 +91,27 @@ def test_text_tower_scores_depend_on_the_item_text() -> None:
 def test_text_tower_rejects_features_of_the_wrong_shape() -> None:
     with pytest.raises(ValueError, match="item_features"):
         NeuMF(2, SHAPE_TEXT, torch.zeros(10, 384))
+
+
+def test_a_public_item_side_starts_at_the_catalog_texts_principal_directions(
+        make_config: Callable[..., RunConfig]) -> None:
+    """federated-parameters = "item-bias": the fixed text projections carry what items differ along."""
+    config = make_config(privacy="user", item_tower="text", federated_parameters="item-bias")
+    features = catalog_features(config)
+    assert features is not None
+    shape = model_shape(config, load_workload(config).split.n_items, features)
+    names = shared_names(NeuMF(1, shape))
+    public = dict(zip(names, initial_parameters(config, shape, features), strict=True))
+    seeded = dict(zip(names, initial_shared(shape, config.seed), strict=True))
+    basis = TextSubspace.fit(features, max(shape.gmf_dim, shape.mlp_dim)).basis
+    np.testing.assert_allclose(public["gmf_item_proj.weight"], basis[:, :shape.gmf_dim].T, atol=1e-6)
+    np.testing.assert_allclose(public["mlp_item_proj.weight"], basis[:, :shape.mlp_dim].T, atol=1e-6)
+    projection = public["mlp_item_proj.weight"]
+    np.testing.assert_allclose(projection @ projection.T, np.eye(shape.mlp_dim), atol=1e-5)  # orthonormal
+    for name in names:
+        if not name.endswith("_proj.weight"):
+            np.testing.assert_array_equal(public[name], seeded[name])
+    default = make_config(privacy="user", item_tower="text")
+    for got, expected in zip(initial_parameters(default, shape, features), initial_shared(shape, config.seed),
+                             strict=True):
+        np.testing.assert_array_equal(got, expected)  # "all": the seeded start, unchanged

@@ -325,3 +325,56 @@ def test_typical_loss_is_the_median_of_the_finite_losses() -> None:
     assert user_dp.typical_loss(losses) == pytest.approx(0.65)
     assert math.isnan(user_dp.typical_loss([]))
     assert user_dp.typical_loss([torch.tensor([float("nan"), float("inf")])]) == float("inf")
+
+
+# -- federated-parameters = "item-bias": only the per-item bias is learned and noised -----------------------
+
+def bias_only_config(make_config: Callable[..., RunConfig], **overrides: Any) -> RunConfig:
+    return user_config(make_config, item_tower="text", federated_parameters="item-bias", **overrides)
+
+
+def test_bias_only_round_sends_exact_zeros_for_everything_but_the_noised_bias(
+        make_config: Callable[..., RunConfig]) -> None:
+    config = bias_only_config(make_config, noise_multiplier=2.0, user_sample_rate=1.0)
+    model, split = store_model(config)
+    before = all_parameters(model)
+
+    update = user_level_round(model, split, config, PrivacyLedger(config.delta), 1,
+                              np.random.default_rng(0), CPU)
+
+    sent = dict(zip(shared_names(model), update.arrays, strict=True))
+    assert set(sent) > {"item_bias.weight", "gmf_item_proj.weight", "mlp_item_proj.weight", "out.weight"}
+    for name, array in sent.items():
+        if name == "item_bias.weight":
+            assert np.count_nonzero(array) == array.size and np.std(array) > 1.0  # σC = 2 of noise
+        else:
+            assert not np.any(array), name  # exact zeros: no training, no noise
+    after = all_parameters(model)
+    for name in shared_names(model):
+        np.testing.assert_array_equal(after[name], before[name])  # the store's copy is untouched too
+    assert any(not np.array_equal(after[n], before[n]) for n in PRIVATE_PARAMETERS)  # personalization trains
+
+
+def test_bias_only_clipping_bounds_each_users_bias_update(make_config: Callable[..., RunConfig]) -> None:
+    c = 0.01
+    config = bias_only_config(make_config, noise_multiplier=0.0, target_epsilon=float("inf"), clipping_norm=c,
+                              user_sample_rate=1.0)
+    model, split = store_model(config)
+
+    update = user_level_round(model, split, config, PrivacyLedger(config.delta), 1,
+                              np.random.default_rng(0), CPU)
+
+    assert 0.5 * c <= norm(update.arrays) <= STORE_USERS * c * (1 + 1e-6)
+
+
+def test_the_refit_steps_at_its_own_learning_rate(make_config: Callable[..., RunConfig]) -> None:
+    moved = []
+    for rate in (1e-6, 0.1):
+        config = user_config(make_config, user_sample_rate=1e-9, noise_multiplier=0.0,
+                             target_epsilon=float("inf"), user_refresh_epochs=1,
+                             user_refresh_learning_rate=rate)
+        model, split = store_model(config)
+        before = private_rows(model)
+        user_level_round(model, split, config, PrivacyLedger(config.delta), 1, np.random.default_rng(0), CPU)
+        moved.append(max(float(np.abs(private_rows(model)[n] - before[n]).max()) for n in PRIVATE_PARAMETERS))
+    assert moved[0] < 1e-4 < 0.01 < moved[1]  # Adam moves each row by about its rate per step
