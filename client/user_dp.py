@@ -59,7 +59,7 @@ def user_level_round(
     pairs = TrainPairs(split)
     sampled = np.flatnonzero(rng.random(split.n_users) < q)
     names = shared_names(model)
-    learned = federated_names(names, config.federated_parameters)
+    learned = federated_names(names, config.learned_shared)
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters() if n in names}
     losses: list[torch.Tensor] = []
     diverged = 0
@@ -117,7 +117,7 @@ def local_user_runs(
     """
     n_users, steps = len(users), config.user_local_steps
     params = {n: p.detach() for n, p in model.named_parameters()}
-    names = federated_names(shared_names(model), config.federated_parameters)
+    names = federated_names(shared_names(model), config.learned_shared)
     local = {n: params[n].unsqueeze(0).repeat(n_users, *([1] * params[n].dim())) for n in names}
     for n in PRIVATE_PARAMETERS:
         local[n] = params[n][torch.as_tensor(users, device=device)].unsqueeze(1).clone()  # [U, 1, dim]

@@ -20,6 +20,7 @@ from server.run_record import RunRecord
 from server.strategy import FedRecStrategy, RoundFailed
 from shared.config import ConfigError, RunConfig, from_mapping
 from shared.model import NeuMF, shared_names
+from shared.threads import limit_math_threads
 from shared.workload import catalog_features, initial_parameters, load_workload, model_shape, number_of_stores
 
 log = logging.getLogger("fedrec.server")
@@ -60,6 +61,7 @@ def check_secagg_config(config: RunConfig, num_stores: int) -> None:
 
 def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     """Run (or resume) the federation to ``num-rounds``; returns the summary (also run_dir/summary.json)."""
+    limit_math_threads(config.torch_threads)  # small linear algebra; see shared/threads.py
     workload = load_workload(config)
     population = checked_population(config)
     num_stores = number_of_stores(config)

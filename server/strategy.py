@@ -170,7 +170,7 @@ class FedRecStrategy(FedAvg):
         if self.config.privacy != "user":
             return mean
         step = user_level_estimate([m * n_results for m in mean], self.config, self.population)
-        learned = set(federated_names(self.record.names, self.config.federated_parameters))
+        learned = set(federated_names(self.record.names, self.config.learned_shared))
         # Stores send exact zeros for the parameters the federation does not learn; SecAgg+'s dequantization
         # could still leave float dust there, and those parameters must stay exactly as published.
         return [part if name in learned else np.zeros_like(part)

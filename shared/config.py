@@ -86,6 +86,13 @@ class RunConfig:
     def hidden_layers(self) -> tuple[int, ...]:
         return _parse_layers(self.mlp_layers)
 
+    @property
+    def learned_shared(self) -> str:
+        """What the federation learns of the shared parameters: ``federated-parameters`` in user-level DP with
+        the text tower; every parameter otherwise (the other modes do not noise each coordinate per shopper,
+        and the other towers have no per-item bias or public item side to keep)."""
+        return self.federated_parameters if self.privacy == "user" and self.item_tower == "text" else "all"
+
     def to_flower(self) -> dict[str, bool | int | float | str]:
         """The kebab-case mapping Flower carries as ``run_config``."""
         return {key_of(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -160,13 +167,6 @@ def validated(config: RunConfig) -> RunConfig:
         raise ConfigError(
             f"secagg-reconstruction-threshold: {config.secagg_reconstruction_threshold} must be below "
             f"secagg-num-shares ({config.secagg_num_shares}) (Flower's SecAgg+ requires it)"
-        )
-    bias_only = config.federated_parameters == "item-bias"
-    if bias_only and (config.privacy != "user" or config.item_tower != "text"):
-        raise ConfigError(
-            f"federated-parameters: 'item-bias' needs privacy = 'user' and item-tower = 'text' (got "
-            f"{config.privacy!r}, {config.item_tower!r}): only the text tower has a per-item bias and a "
-            "public item side"
         )
     threshold = config.secagg_reconstruction_threshold
     if config.secagg and config.privacy == "user" and config.noise_share_stores > threshold:

@@ -105,7 +105,7 @@ def initial_parameters(config: RunConfig, shape: ModelShape, features: np.ndarra
     ones (docs/results.md, session 8).
     """
     shared = initial_shared(shape, config.seed)
-    if config.federated_parameters == "all":
+    if config.learned_shared == "all":
         return shared
     if features is None:
         raise ConfigError("federated-parameters: 'item-bias' needs the catalog text (item-tower = 'text')")

@@ -67,6 +67,7 @@ def tiny_config(data_dir: Path, **overrides: Any) -> RunConfig:
         "dataset": str(data_dir), "partition": "stores-file", "num-stores": len(TINY_STORES),
         "num-rounds": 2, "batch-size": 64, "learning-rate": 0.01, "torch-threads": 1, "device": "cpu",
         "privacy": "none", "secagg": False, "server-optimizer": "sgd", "server-learning-rate": 1.0,
+        "federated-parameters": "all", "user-refresh-learning-rate": 0.01,  # the tiny ID tower learns it all
         **TINY_MODEL,
     }
     values.update({key.replace("_", "-"): value for key, value in overrides.items()})

@@ -109,17 +109,15 @@ def test_noise_share_stores_above_threshold_is_allowed_without_secagg() -> None:
     assert config.noise_share_stores == 9
 
 
-@pytest.mark.parametrize("overrides", [{"privacy": "none"}, {"privacy": "interaction"}, {"item-tower": "id"},
-                                       {"item-tower": "hybrid"}])
-def test_learning_only_the_item_bias_needs_user_level_dp_and_the_text_tower(overrides: dict[str, Any]
-                                                                            ) -> None:
-    message = config_error(**{"federated-parameters": "item-bias", **overrides})
-    assert message.startswith("federated-parameters: 'item-bias' needs privacy = 'user' and item-tower = "
-                              "'text'")
+@pytest.mark.parametrize(("mode", "tower"), [("none", "text"), ("interaction", "text"), ("user", "id"),
+                                           ("user", "hybrid")])
+def test_only_user_level_dp_with_the_text_tower_learns_the_item_bias_alone(mode: str, tower: str) -> None:
+    config = from_mapping({"federated-parameters": "item-bias", "privacy": mode, "item-tower": tower})
+    assert config.learned_shared == "all"
 
 
-def test_learning_only_the_item_bias_is_valid_with_the_defaults() -> None:
-    assert from_mapping({"federated-parameters": "item-bias"}).federated_parameters == "item-bias"
+def test_the_default_learns_only_the_item_bias() -> None:
+    assert from_mapping({}).learned_shared == "item-bias"
 
 
 def test_replace_validates_the_new_value() -> None:

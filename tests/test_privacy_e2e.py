@@ -318,6 +318,18 @@ def test_a_secagg_run_reproduces_bit_for_bit_from_its_seed(make_config: Callable
     assert any(not np.array_equal(other, first) for other, first in zip(models[2], models[0], strict=True))
 
 
+def test_the_server_does_its_linear_algebra_on_torch_threads_blas_threads(
+        make_config: Callable[..., RunConfig], tmp_path: Path) -> None:
+    """In simulation OpenBLAS's thread pool hung in the ServerApp's thread (shared/threads.py)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(limits=2)  # whatever the process had before the run
+    config = make_config(num_rounds=1, run_dir=str(tmp_path / "run"))
+    assert run_in_process(config, client_app(config), STORES)[0]["status"] == "completed"
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and set(blas) == {config.torch_threads}
+
+
 def test_quantization_error_is_far_below_the_dp_noise_at_default_settings() -> None:
     config = from_mapping({})  # pyproject defaults
     assert config.secagg and config.privacy == "user"

@@ -62,8 +62,8 @@ def serve(args: argparse.Namespace) -> int:
     from client.serving.bootstrap import MiniLMEmbedder, open_recommender
     from client.serving.model_bundle import ModelLoadError, ServingPaths, read_run_config, resolve_state_dir
     from client.serving.service import start_server
-    from client.serving.threads import limit_math_threads
     from shared.text_encoder import TextEncoderError
+    from shared.threads import limit_math_threads
 
     limit_math_threads()
     state_dir = resolve_state_dir(args.run_dir, args.store)

@@ -21,7 +21,7 @@ import numpy as np
 
 from client.serving.bootstrap import MiniLMEmbedder
 from client.serving.settings import ServeSettings
-from client.serving.threads import limit_math_threads
+from shared.threads import limit_math_threads
 from simulations.benchmarks.serving_synthetic import synthetic_model, synthetic_recommender
 
 WARMUP = 10

@@ -35,7 +35,7 @@ def serve_synthetic(items: int, connection: Connection, stored_reply: bool = Fal
     ``stored_reply`` every request gets one reply computed at start-up: what gRPC alone costs (the floor)."""
     from client.serving.service import start_server
     from client.serving.settings import ServeSettings
-    from client.serving.threads import limit_math_threads
+    from shared.threads import limit_math_threads
     from simulations.benchmarks.serving_synthetic import USERS, synthetic_model, synthetic_recommender
 
     limit_math_threads()

@@ -21,7 +21,7 @@ import numpy as np
 from client.serving.engine import Recommender
 from client.serving.retrieval import AnnIndex, ExactIndex, retrieval_query
 from client.serving.settings import ServeSettings
-from client.serving.threads import limit_math_threads
+from shared.threads import limit_math_threads
 from simulations.benchmarks.serving_synthetic import USERS, synthetic_model, synthetic_recommender
 
 K = 10
