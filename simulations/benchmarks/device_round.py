@@ -24,8 +24,8 @@ from client.trainers import train_store
 from shared.config import from_mapping, parse_assignment
 from shared.device import pick_device
 from shared.ledger import PrivacyLedger
-from shared.model import NeuMF, get_shared, initial_shared, set_shared
-from shared.workload import catalog_features, load_workload, model_shape, users_of_store
+from shared.model import NeuMF, get_shared, set_shared
+from shared.workload import catalog_features, initial_parameters, load_workload, model_shape, users_of_store
 
 MODES = ("none", "user", "interaction")
 
@@ -36,7 +36,7 @@ def _time_round(config: Any, split: Any, features: np.ndarray | None, device: to
     shape = model_shape(config, split.n_items, features)
     torch.manual_seed(config.seed)
     model = NeuMF(split.n_users, shape, None if features is None else torch.as_tensor(features))
-    set_shared(model, initial_shared(shape, config.seed))
+    set_shared(model, initial_parameters(config, shape, features))
     model = model.to(device)
     ledger = PrivacyLedger(delta=config.delta)
     rng = np.random.default_rng([config.seed, round_])
