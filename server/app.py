@@ -66,7 +66,8 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     population = checked_population(config)
     num_stores = number_of_stores(config)
     check_secagg_config(config, num_stores)
-    shape = model_shape(config, workload.split.n_items, catalog_features(config))
+    features = catalog_features(config)
+    shape = model_shape(config, workload.split.n_items, features)
     run_dir = new_run_dir(config, context.run_id)
     record = RunRecord.open(run_dir, config, shared_names(NeuMF(1, shape)))
     if record.resumed_from is not None:
@@ -75,7 +76,7 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
                                                 int(record.resumed_from.meta.get("optimizer_steps", 0)))
         print(f"resuming {run_dir} after round {record.completed_round}", flush=True)
     else:
-        shared = initial_parameters(config, shape, catalog_features(config))
+        shared = initial_parameters(config, shape, features)
         optimizer = ServerOptimizer.from_config(config)
     strategy = FedRecStrategy(config, record, shared, optimizer, num_stores, population)
     if record.planned_rounds == 0:

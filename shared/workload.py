@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.cold_start import TextSubspace
 from shared.config import ConfigError, RunConfig
 from shared.data import Dataset, load_dataset
 from shared.datasets import movielens_100k
@@ -109,8 +110,6 @@ def initial_parameters(config: RunConfig, shape: ModelShape, features: np.ndarra
         return shared
     if features is None:
         raise ConfigError("federated-parameters: 'item-bias' needs the catalog text (item-tower = 'text')")
-    from shared.cold_start import TextSubspace
-
     directions = TextSubspace.fit(features, max(shape.gmf_dim, shape.mlp_dim)).basis  # [d, m]
     names = shared_names(NeuMF(1, shape))
     if directions.shape[1] < max(shape.gmf_dim, shape.mlp_dim):
