@@ -21,6 +21,9 @@ printing one JSON line per run and a last line with each setting's means; the fi
 ``{"name": ..., "seeds": [...], "set": {KEY: VALUE}}`` (simulations/tuning/ holds the ones used):
 
     .venv/bin/python -m simulations.tune_user_level --sweep simulations/tuning/session7.json --processes 16
+
+``--catalog-features`` takes the catalog's MiniLM embeddings precomputed (``.npy``, rows in item order), for a
+many-core box that lacks the packaged encoder.
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ from shared.privacy import user_level_estimate
 from shared.workload import catalog_features, initial_parameters, load_workload, model_shape
 
 
-def tune_run(config: RunConfig) -> dict[str, Any]:
-    """Train ``config.num_rounds`` rounds of the proxy; returns the validation curve and the final state."""
+def tune_run(config: RunConfig, features: np.ndarray | None = None) -> dict[str, Any]:
+    """Train ``config.num_rounds`` rounds of the proxy; returns the validation curve and the final state.
+
+    ``features`` replaces the catalog text embeddings the encoder would compute (same rows, same order).
+    """
     if config.privacy != "user":
         raise ValueError(f"privacy: the proxy runs user-level DP only, got {config.privacy!r}")
     if config.secagg:
@@ -57,7 +63,10 @@ def tune_run(config: RunConfig) -> dict[str, Any]:
     torch.set_num_threads(config.torch_threads)
     workload = load_workload(config)
     split = workload.split
-    features = catalog_features(config)
+    if features is None or config.item_tower == "id":
+        features = catalog_features(config)
+    elif features.shape[0] != split.n_items:
+        raise ValueError(f"catalog features: {features.shape[0]} rows for {split.n_items} items")
     shape = model_shape(config, split.n_items, features)
     torch.manual_seed(config.seed)
     model = NeuMF(split.n_users, shape, None if features is None else torch.as_tensor(features))
@@ -94,9 +103,14 @@ def proxy_config(settings: dict[str, Any]) -> RunConfig:
     return from_mapping({**PROXY_SETTINGS, **settings})
 
 
-def _sweep_job(job: tuple[str, int, dict[str, Any]]) -> dict[str, Any]:
-    name, seed, settings = job  # tune_run sets the worker's torch threads (torch-threads, 1 by default)
-    return {"name": name, "seed": seed, **tune_run(proxy_config({**settings, "seed": seed}))}
+def _load_features(path: Path | None) -> np.ndarray | None:
+    return None if path is None else np.load(path).astype(np.float32)
+
+
+def _sweep_job(job: tuple[str, int, dict[str, Any], Path | None]) -> dict[str, Any]:
+    name, seed, settings, features = job  # tune_run sets the torch threads (torch-threads, 1 by default)
+    return {"name": name, "seed": seed,
+            **tune_run(proxy_config({**settings, "seed": seed}), _load_features(features))}
 
 
 def sweep_jobs(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
@@ -118,9 +132,9 @@ def sweep_jobs(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
     return jobs
 
 
-def run_sweep(path: Path, processes: int) -> list[dict[str, Any]]:
+def run_sweep(path: Path, processes: int, features: Path | None = None) -> list[dict[str, Any]]:
     """Every run of the sweep in ``processes`` worker processes; returns per-setting means, best first."""
-    jobs = sweep_jobs(path)
+    jobs = [(*job, features) for job in sweep_jobs(path)]
     runs: list[dict[str, Any]] = []
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         for result in pool.imap_unordered(_sweep_job, jobs):
@@ -143,13 +157,14 @@ def main(argv: list[str] | None = None) -> Any:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--sweep", type=Path, help="a JSON list of settings to run in parallel (see above)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes of a sweep")
+    parser.add_argument("--catalog-features", type=Path, help="precomputed catalog text embeddings (.npy)")
     args = parser.parse_args(argv)
     if args.sweep is not None:
         if args.set:
             parser.error("--set and --sweep do not combine: put the settings in the sweep file")
-        return run_sweep(args.sweep, max(1, args.processes))
+        return run_sweep(args.sweep, max(1, args.processes), args.catalog_features)
     settings = dict(parse_assignment(a) for a in args.set)
-    result = {"settings": settings, **tune_run(proxy_config(settings))}
+    result = {"settings": settings, **tune_run(proxy_config(settings), _load_features(args.catalog_features))}
     print(json.dumps(result), flush=True)
     return result
 

@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+import simulations.tune_user_level as proxy
 from shared.config import ConfigError, RunConfig
 from shared.privacy import federation_noise_multiplier
 from simulations.tune_user_level import run_sweep, sweep_jobs, tune_run
@@ -86,3 +88,25 @@ def test_a_sweep_file_with_a_bad_entry_fails_before_anything_runs(tiny_data: Pat
 def test_every_shipped_sweep_file_is_valid(sweep: str) -> None:
     jobs = sweep_jobs(Path(__file__).parents[1] / "simulations/tuning" / sweep)
     assert jobs and all(isinstance(seed, int) for _, seed, _ in jobs)
+
+
+def test_precomputed_catalog_features_stand_in_for_the_encoder(make_config: Callable[..., RunConfig],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A many-core box without the packaged encoder passes the embeddings as a file: the run must be the one
+    # the encoder's own embeddings give, and must not reach for the encoder at all.
+    config = make_config(privacy="user", secagg=False, num_rounds=2, target_epsilon=4.0, user_sample_rate=1.0,
+                         item_tower="text", federated_parameters="item-bias")
+    n_items = proxy.load_workload(config).split.n_items
+    features = np.random.default_rng(0).normal(size=(n_items, 12)).astype(np.float32)
+    monkeypatch.setattr(proxy, "catalog_features", lambda _config: features)
+    encoded = tune_run(config)
+
+    def no_encoder(_config: RunConfig) -> None:
+        raise AssertionError("the encoder was asked for although features were given")
+
+    monkeypatch.setattr(proxy, "catalog_features", no_encoder)
+    given = tune_run(config, features)
+    assert {k: v for k, v in given.items() if k != "seconds"} == {k: v for k, v in encoded.items()
+                                                                   if k != "seconds"}
+    with pytest.raises(ValueError, match=f"catalog features: {n_items - 1} rows for {n_items} items"):
+        tune_run(config, features[:-1])
