@@ -18,6 +18,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from server.strategy import FedRecStrategy, RoundFailed
+from shared import shamir
 from shared.config import ConfigError, RunConfig, from_mapping
 from shared.model import NeuMF, shared_names
 from shared.threads import limit_math_threads
@@ -84,6 +85,7 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
                              "nothing to do: the run already reached num-rounds")
     fit_workflow = None
     if config.secagg:
+        shamir.install()  # the same reconstruction, ~25-45× faster (shared/shamir.py)
         fit_workflow = SecAggPlusWorkflow(
             num_shares=config.secagg_num_shares,
             reconstruction_threshold=config.secagg_reconstruction_threshold,
