@@ -15,7 +15,7 @@ import numpy as np
 from shared.cold_start import TextSubspace
 from shared.config import ConfigError, RunConfig
 from shared.data import Dataset, load_dataset
-from shared.datasets import movielens_100k
+from shared.datasets import FileStamps, file_stamps, movielens_100k
 from shared.model import ModelShape, NeuMF, initial_shared, shared_names
 from shared.partition import partition_users
 from shared.split import Split, leave_one_out, sampled_negatives
@@ -50,21 +50,13 @@ def dataset_and_split(directory: str) -> tuple[Dataset, Split]:
     the SuperExec builds them before it forks (client/app.py ``warm``) and each message finds them in memory:
     rebuilding them cost ~0.6 s of CPU per message for an ML-100K-sized partner, five messages a round.
     """
-    return _dataset_and_split(directory, _file_stamps(Path(directory)))
+    return _dataset_and_split(directory, file_stamps(Path(directory)))
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset_and_split(directory: str, stamps: tuple[tuple[str, int, int], ...]) -> tuple[Dataset, Split]:
+def _dataset_and_split(directory: str, stamps: FileStamps) -> tuple[Dataset, Split]:
     dataset = load_dataset(directory)
     return dataset, leave_one_out(dataset)
-
-
-def _file_stamps(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    if not directory.is_dir():
-        return ()
-    stamps = [(path.name, stat.st_size, stat.st_mtime_ns) for path in directory.iterdir()
-              if path.is_file() for stat in [path.stat()]]
-    return tuple(sorted(stamps))
 
 
 @functools.lru_cache(maxsize=4)

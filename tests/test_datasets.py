@@ -173,6 +173,24 @@ def test_cached_movielens_100k_reports_only_a_complete_cache(tmp_path: Path, fak
     assert cached_movielens_100k(tmp_path) is None
 
 
+def test_a_verified_cache_is_not_hashed_again_until_a_file_changes(tmp_path: Path, fake_sources: list[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = movielens_100k(tmp_path)
+    hashed: list[int] = []
+    real_sha256 = datasets._sha256
+
+    def counting_sha256(data: bytes) -> str:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(datasets, "_sha256", counting_sha256)
+    for _ in range(3):
+        assert cached_movielens_100k(tmp_path) == directory
+    assert len(hashed) <= len(datasets.DATA_FILES)  # verified at most once (it may already be verified)
+    (directory / "items.csv").write_text("item_id,title\n1,local edit\n", encoding="utf-8")
+    assert cached_movielens_100k(tmp_path) is None  # a changed file is verified again, and fails
+
+
 def test_corrupt_cache_is_replaced(tmp_path: Path, fake_sources: list[str]) -> None:
     directory = movielens_100k(tmp_path)
     (directory / "interactions.csv").write_text("tampered\n", encoding="utf-8")
