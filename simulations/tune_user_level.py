@@ -104,7 +104,15 @@ def proxy_config(settings: dict[str, Any]) -> RunConfig:
 
 
 def _load_features(path: Path | None) -> np.ndarray | None:
-    return None if path is None else np.load(path).astype(np.float32)
+    if path is None:
+        return None
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: cannot read the catalog features ({exc})") from exc
+    if features.ndim != 2:
+        raise SystemExit(f"{path}: catalog features must be a 2-D array [items, dim], not {features.shape}")
+    return features.astype(np.float32)
 
 
 def _sweep_job(job: tuple[str, int, dict[str, Any], Path | None]) -> dict[str, Any]:

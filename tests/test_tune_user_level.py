@@ -110,3 +110,14 @@ def test_precomputed_catalog_features_stand_in_for_the_encoder(make_config: Call
                                                                    if k != "seconds"}
     with pytest.raises(ValueError, match=f"catalog features: {n_items - 1} rows for {n_items} items"):
         tune_run(config, features[:-1])
+
+
+def test_unreadable_catalog_features_are_refused_naming_the_file(tmp_path: Path) -> None:
+    garbled = tmp_path / "features.npy"
+    garbled.write_bytes(b"not an array")
+    with pytest.raises(SystemExit, match=r"features\.npy: cannot read"):
+        proxy._load_features(garbled)
+    flat = tmp_path / "flat.npy"
+    np.save(flat, np.zeros(5))
+    with pytest.raises(SystemExit, match=r"flat\.npy: catalog features must be a 2-D array"):
+        proxy._load_features(flat)
