@@ -17,7 +17,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from client.secagg_rounding import rounding_seed, seeded_global_numpy
 from client.store import StoreClient, StoreData, store_data
-from shared import shamir
+from shared import secagg
 from shared.config import RunConfig, from_mapping
 from shared.split import sampled_negatives
 from shared.workload import NUM_EVAL_NEGATIVES, catalog_features, dataset_and_split
@@ -80,7 +80,7 @@ def secagg_when_requested(msg: Message, context: Context, call_next: ClientAppCa
     if not (msg.has_content() and SECAGG_RECORD in msg.content.config_records):
         return call_next(msg, context)
     config = config or from_mapping(dict(context.run_config))
-    shamir.install()  # Flower's SecAgg+ with the same shares, split ~10× faster (shared/shamir.py)
+    secagg.install()  # fedrec's Shamir sharing and full-strength masks inside Flower's SecAgg+
     seed = rounding_seed(config, node_store(context), int(msg.metadata.group_id))
     with seeded_global_numpy(seed):
         return secaggplus_mod(msg, context, call_next)

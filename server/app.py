@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 from pathlib import Path
 
 from flwr.app import Context
@@ -19,7 +18,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from server.strategy import FedRecStrategy, RoundFailed
-from shared import shamir
+from shared import secagg
 from shared.config import ConfigError, RunConfig, from_mapping
 from shared.model import NeuMF, shared_names
 from shared.threads import limit_math_threads
@@ -61,32 +60,6 @@ def check_secagg_config(config: RunConfig, num_stores: int) -> None:
                           f"number of stores ({num_stores})")
 
 
-FLOWER_MASK_SEED_BITS = 32  # flwr 1.41 seeds each SecAgg+ mask PRG with a 32-bit fold of its 32-byte key
-MIN_MASK_SEARCH_BITS = 80  # below this, unmasking one store's update is within reach of a determined server
-
-
-def mask_search_bits(config: RunConfig, num_stores: int) -> int:
-    """Bits of work for a curious server to strip one surviving store's masks.
-
-    At unmasking the server legitimately recovers a surviving store's private mask, so what hides its update
-    are the pairwise masks, one per neighbour (min(num_shares, stores) - 1 of them), each from a
-    ``FLOWER_MASK_SEED_BITS`` seed: a meet-in-the-middle search puts half of them on each side.
-    """
-    neighbours = max(1, min(config.secagg_num_shares, num_stores) - 1)
-    return FLOWER_MASK_SEED_BITS * math.ceil(neighbours / 2)
-
-
-def warn_if_masks_are_weak(config: RunConfig, num_stores: int) -> None:
-    """Privacy never degrades silently: say so when SecAgg+ alone cannot keep one store's update hidden."""
-    bits = mask_search_bits(config, num_stores)
-    if config.secagg and bits < MIN_MASK_SEARCH_BITS:
-        log.warning("SecAgg+ with %d stores and secagg-num-shares %d: Flower's 32-bit mask seeds let a "
-                    "curious server unmask one store's update with ~2^%d work; that update is then protected "
-                    "only by the per-store guarantee (epsilon_if_store_seen_alone in the summary). Use at "
-                    "least 6 stores and shares for ~2^96 (docs/privacy.md).",
-                    num_stores, config.secagg_num_shares, bits)
-
-
 def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     """Run (or resume) the federation to ``num-rounds``; returns the summary (also run_dir/summary.json)."""
     limit_math_threads(config.torch_threads)  # small linear algebra; see shared/threads.py
@@ -94,7 +67,6 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
     population = checked_population(config)
     num_stores = number_of_stores(config)
     check_secagg_config(config, num_stores)
-    warn_if_masks_are_weak(config, num_stores)
     features = catalog_features(config)
     shape = model_shape(config, workload.split.n_items, features)
     run_dir = new_run_dir(config, context.run_id)
@@ -113,7 +85,7 @@ def run_server(grid: Grid, context: Context, config: RunConfig) -> dict:
                              "nothing to do: the run already reached num-rounds")
     fit_workflow = None
     if config.secagg:
-        shamir.install()  # the same reconstruction, ~25-45× faster (shared/shamir.py)
+        secagg.install()  # fedrec's Shamir sharing and full-strength masks (shared/secagg.py)
         fit_workflow = SecAggPlusWorkflow(
             num_shares=config.secagg_num_shares,
             reconstruction_threshold=config.secagg_reconstruction_threshold,

@@ -15,15 +15,11 @@ share-holder set (batched) and no thread pool per secret. The byte layout is Flo
 holder's index (4 bytes, little endian) followed by its share of each chunk. Random coefficients come from the
 OS CSPRNG (``secrets``), as pycryptodome's do.
 
-``install()`` points Flower's SecAgg+ client mod and server workflow at these two functions (idempotent).
-The ClientApp calls it before each SecAgg+ message (so it holds in every Ray actor and every
-``flwr-clientapp`` process), the ServerApp before it builds the SecAgg+ workflow. It fails loudly if
-Flower's module layout no longer matches.
+``shared/secagg.py`` installs these two functions into Flower's SecAgg+ client mod and server workflow.
 """
 
 from __future__ import annotations
 
-import importlib
 import secrets
 from collections.abc import Sequence
 
@@ -35,8 +31,6 @@ FIELD_BITS = 128
 MASK = (1 << FIELD_BITS) - 1
 REDUCTION = 0b1000_0111  # x^128 = x^7 + x^2 + x + 1 in GF(2^128) (pycryptodome's modulus)
 MODULUS = (1 << FIELD_BITS) | REDUCTION
-CLIENT_MOD_MODULE = "flwr.client.mod.secure_aggregation.secaggplus_mod"
-SERVER_WORKFLOW_MODULE = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
 
 
 def _reduce_once(high: int) -> int:
@@ -141,18 +135,3 @@ def combine_shares(share_list: Sequence[bytes]) -> bytes:
         return unpad(bytes(secret), CHUNK_BYTES)
     except ValueError:
         raise ValueError("Failed to combine shares") from None
-
-
-def install() -> None:
-    """Make Flower's SecAgg+ client mod and server workflow use this module's (compatible) functions."""
-    for module_name, name, replacement in ((CLIENT_MOD_MODULE, "create_shares", create_shares),
-                                           (SERVER_WORKFLOW_MODULE, "combine_shares", combine_shares)):
-        # import_module: the package re-exports the function ``secaggplus_mod`` under the module's name
-        module = importlib.import_module(module_name)
-        current = getattr(module, name, None)
-        if current is replacement:
-            continue
-        if not callable(current):
-            raise RuntimeError(f"{module_name}.{name} is missing: this flwr version's SecAgg+ layout "
-                               "differs from the one shared/shamir.py replaces (flwr 1.41)")
-        setattr(module, name, replacement)

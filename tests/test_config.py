@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import subprocess
 import sys
 import tomllib
@@ -188,32 +187,6 @@ def test_even_share_count_below_the_store_count_is_rejected_naming_the_key() -> 
         check_secagg_config(config, 50)
     check_secagg_config(config, 10)  # a full graph is fine
     check_secagg_config(config.replace(secagg_num_shares=11), 50)
-
-
-@pytest.mark.parametrize("stores, shares, bits", [(3, 3, 32), (5, 5, 64), (6, 6, 96), (10, 10, 160),
-                                                  (50, 11, 160), (3, 10, 32)])
-def test_mask_search_bits_follow_the_neighbour_count(stores: int, shares: int, bits: int) -> None:
-    from server.app import mask_search_bits
-
-    config = from_mapping({"secagg-num-shares": shares, "noise-share-stores": 2,
-                           "secagg-reconstruction-threshold": min(shares, stores) - 1})
-    assert mask_search_bits(config, stores) == bits
-
-
-def test_a_federation_too_small_for_safe_masks_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    # The 3-store compose demo: 2 neighbours, 32-bit Flower mask seeds, ~2^32 to unmask one store's update.
-    from server.app import warn_if_masks_are_weak
-
-    config = from_mapping({"secagg-num-shares": 3, "secagg-reconstruction-threshold": 2,
-                           "noise-share-stores": 2})
-    with caplog.at_level(logging.WARNING, logger="fedrec.server"):
-        warn_if_masks_are_weak(config, 3)
-    assert "~2^32 work" in caplog.text and "epsilon_if_store_seen_alone" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="fedrec.server"):
-        warn_if_masks_are_weak(config.replace(secagg_num_shares=10, secagg_reconstruction_threshold=8), 10)
-        warn_if_masks_are_weak(config.replace(secagg=False), 3)
-    assert caplog.text == ""
 
 
 SCENARIOS = Path(__file__).parents[1] / "simulations/configs"

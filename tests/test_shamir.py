@@ -1,30 +1,21 @@
 """Specification of shared/shamir.py: the same Shamir shares as Flower's SecAgg+ (pycryptodome), faster.
 
 Interchangeability is checked both ways against Flower's own functions, so a SecAgg+ round works whichever
-side runs which implementation; the SecAgg+ end-to-end tests (test_simulation_e2e.py, test_deploy_e2e.py) run
-with it installed.
+side runs which implementation; tests/test_secagg.py checks that a SecAgg+ round uses it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import os
 import random
-from collections.abc import Sequence
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 from Crypto.Protocol.SecretSharing import _Element
 from flwr.common.secure_aggregation.crypto import shamir as flower_shamir
 
 from shared import shamir
-
-# The modules themselves (the attribute ``...secure_aggregation.secaggplus_mod`` is the function).
-secaggplus_mod = importlib.import_module(shamir.CLIENT_MOD_MODULE)
-secaggplus_workflow = importlib.import_module(shamir.SERVER_WORKFLOW_MODULE)
 
 EDGE_VALUES = [0, 1, 2, 3, 0x87, 1 << 127, (1 << 128) - 1, (1 << 127) | 1]
 
@@ -119,57 +110,6 @@ def test_bad_share_lists_are_refused() -> None:
         shamir.combine_shares([])
     with pytest.raises(ValueError, match="threshold"):
         shamir.create_shares(b"secret", 4, 3)
-
-
-def test_install_points_flowers_secagg_at_these_functions_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(secaggplus_mod, "create_shares", flower_shamir.create_shares)
-    monkeypatch.setattr(secaggplus_workflow, "combine_shares", flower_shamir.combine_shares)
-    shamir.install()
-    assert secaggplus_mod.create_shares is shamir.create_shares
-    assert secaggplus_workflow.combine_shares is shamir.combine_shares
-    shamir.install()  # idempotent
-    assert secaggplus_mod.create_shares is shamir.create_shares
-
-
-@pytest.mark.parametrize("module, name", [(secaggplus_mod, "create_shares"),
-                                          (secaggplus_workflow, "combine_shares")])
-def test_install_fails_loudly_if_flowers_layout_changed(monkeypatch: pytest.MonkeyPatch, module: ModuleType,
-                                                       name: str) -> None:
-    monkeypatch.delattr(module, name)
-    with pytest.raises(RuntimeError, match=f"{name} is missing"):
-        shamir.install()
-
-
-def test_a_secagg_round_splits_and_recombines_with_these_functions(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # The whole path, starting from Flower's own functions: fedrec's ClientApp installs these before its
-    # SecAgg+ mod runs, the ServerApp before its workflow.
-    from client.app import build_client_app
-    from tests.conftest import TINY_STORES, tiny_config, write_tiny_dataset
-    from tests.inprocess import run_in_process
-
-    calls = {"create": 0, "combine": 0}
-    real_create, real_combine = shamir.create_shares, shamir.combine_shares
-
-    def counting_create(secret: bytes, threshold: int, num: int) -> list[bytes]:
-        calls["create"] += 1
-        return real_create(secret, threshold, num)
-
-    def counting_combine(share_list: Sequence[bytes]) -> bytes:
-        calls["combine"] += 1
-        return real_combine(share_list)
-
-    monkeypatch.setattr(shamir, "create_shares", counting_create)
-    monkeypatch.setattr(shamir, "combine_shares", counting_combine)
-    monkeypatch.setattr(secaggplus_mod, "create_shares", flower_shamir.create_shares)  # as Flower ships it
-    monkeypatch.setattr(secaggplus_workflow, "combine_shares", flower_shamir.combine_shares)
-    stores = len(TINY_STORES)
-    config = tiny_config(write_tiny_dataset(tmp_path / "data"), run_dir=str(tmp_path / "run"), num_rounds=1,
-                         secagg=True, secagg_num_shares=stores, secagg_reconstruction_threshold=stores - 1)
-    summary, _ = run_in_process(config, build_client_app(config), stores)
-    assert summary["status"] == "completed"
-    assert calls["create"] == 2 * stores  # each store shares its mask seed and its private key
-    assert calls["combine"] == stores  # one secret per store recombined by the server
 
 
 def test_the_speed_benchmark_runs_and_checks_both_sides() -> None:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from client.secagg_rounding import seeded_global_numpy
+from shared import secagg_masks
 
 BIAS_SUFFIX = "item_bias.weight"  # text tower: one signed value per item
 EMBEDDING_SUFFIX = "_item.weight"  # id/hybrid towers: one row per item
@@ -181,14 +182,14 @@ def masked_update(
 ) -> list[np.ndarray]:
     """One store's SecAgg+ message as the server receives it: the update quantized within ±clipping_range to
     ``quantization_range`` levels (Flower's ``quantize``), plus the store's private mask and one pairwise mask
-    per neighbour (Flower's ``pseudo_rand_gen`` from random seeds), modulo ``modulus_range``.
+    per neighbour (the masks fedrec installs into Flower's SecAgg+, shared/secagg_masks.py, from random
+    seeds), modulo ``modulus_range``.
 
     The seeds are fresh random bytes, as the key agreement makes them for the server: without ``threshold``
     colluding stores' shares the server cannot remove the masks, so each coordinate is uniform on
     [0, modulus_range) whatever the update.
     """
     from flwr.common.secure_aggregation.quantization import quantize
-    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
     with seeded_global_numpy(int(rng.integers(2**32))):  # Flower rounds with NumPy's global generator
         quantized = quantize(list(arrays), clipping_range, quantization_range)
@@ -196,6 +197,6 @@ def masked_update(
     masked = [q.astype(np.int64) for q in quantized]
     for _ in range(1 + neighbours):
         seed = rng.bytes(SECAGG_SEED_BYTES)
-        for i, mask in enumerate(pseudo_rand_gen(seed, modulus_range, shapes)):
+        for i, mask in enumerate(secagg_masks.pseudo_rand_gen(seed, modulus_range, shapes)):
             masked[i] = (masked[i] + mask.astype(np.int64)) % modulus_range
     return masked

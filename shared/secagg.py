@@ -1,0 +1,44 @@
+"""fedrec's parts inside Flower's SecAgg+: faster Shamir sharing and full-strength masks, installed once.
+
+The protocol, its stages, key agreement and quantization stay Flower's (flwr 1.41). ``install()`` rebinds, in
+Flower's SecAgg+ client mod and server workflow modules, the functions they imported by name:
+- ``create_shares`` / ``combine_shares`` → ``shared/shamir.py`` (the same shares, ~10× / ~25-45× faster);
+- ``pseudo_rand_gen`` → ``shared/secagg_masks.py`` (masks from the whole 256-bit seed, not 32 bits of it).
+
+Both sides must expand mask seeds alike, so the ClientApp calls it before each SecAgg+ message (every Ray
+actor and every ``flwr-clientapp`` process) and the ServerApp before it builds the SecAgg+ workflow. It is
+idempotent, and fails loudly, naming the attribute, if Flower's module layout no longer matches.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from shared import secagg_masks, shamir
+
+CLIENT_MOD_MODULE = "flwr.client.mod.secure_aggregation.secaggplus_mod"
+SERVER_WORKFLOW_MODULE = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
+
+
+def replacements() -> list[tuple[str, str, Callable[..., Any]]]:
+    """(Flower module, attribute, fedrec's function) for every rebinding ``install`` makes."""
+    return [(CLIENT_MOD_MODULE, "create_shares", shamir.create_shares),
+            (CLIENT_MOD_MODULE, "pseudo_rand_gen", secagg_masks.pseudo_rand_gen),
+            (SERVER_WORKFLOW_MODULE, "combine_shares", shamir.combine_shares),
+            (SERVER_WORKFLOW_MODULE, "pseudo_rand_gen", secagg_masks.pseudo_rand_gen)]
+
+
+def install() -> None:
+    """Point Flower's SecAgg+ client mod and server workflow at fedrec's functions (see above)."""
+    for module_name, name, replacement in replacements():
+        # import_module: the package re-exports the function ``secaggplus_mod`` under the module's name
+        module = importlib.import_module(module_name)
+        current = getattr(module, name, None)
+        if current is replacement:
+            continue
+        if not callable(current):
+            raise RuntimeError(f"{module_name}.{name} is missing: this flwr version's SecAgg+ layout differs "
+                               "from the one shared/secagg.py replaces (flwr 1.41)")
+        setattr(module, name, replacement)
