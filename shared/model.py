@@ -214,6 +214,7 @@ def initial_shared(shape: ModelShape, seed: int) -> list[np.ndarray]:
 
 
 ITEM_BIAS = "item_bias.weight"
+TEXT_PROJECTIONS = ("gmf_item_proj.weight", "mlp_item_proj.weight")  # text tower: catalog text → vectors
 
 
 def federated_names(names: list[str], federated_parameters: str) -> list[str]:

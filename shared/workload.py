@@ -16,7 +16,7 @@ from shared.cold_start import TextSubspace
 from shared.config import ConfigError, RunConfig
 from shared.data import Dataset, load_dataset
 from shared.datasets import FileStamps, file_stamps, movielens_100k
-from shared.model import ModelShape, NeuMF, initial_shared, shared_names
+from shared.model import TEXT_PROJECTIONS, ModelShape, NeuMF, initial_shared, shared_names
 from shared.partition import partition_users
 from shared.split import Split, leave_one_out, sampled_negatives
 
@@ -103,12 +103,11 @@ def initial_parameters(config: RunConfig, shape: ModelShape, features: np.ndarra
     if features is None:
         raise ConfigError("federated-parameters: 'item-bias' needs the catalog text (item-tower = 'text')")
     directions = TextSubspace.fit(features, max(shape.gmf_dim, shape.mlp_dim)).basis  # [d, m]
-    names = shared_names(NeuMF(1, shape))
     if directions.shape[1] < max(shape.gmf_dim, shape.mlp_dim):
         raise ConfigError(f"federated-parameters: the catalog text has {directions.shape[1]} principal "
                           f"directions, fewer than gmf-dim/mlp-dim ({shape.gmf_dim}/{shape.mlp_dim})")
-    for index, name in enumerate(names):
-        if name in ("gmf_item_proj.weight", "mlp_item_proj.weight"):
+    for index, name in enumerate(shared_names(NeuMF(1, shape))):
+        if name in TEXT_PROJECTIONS:
             rows = shared[index].shape[0]
             shared[index] = np.ascontiguousarray(directions[:, :rows].T, dtype=shared[index].dtype)
     return shared
