@@ -103,7 +103,8 @@ def proxy_config(settings: dict[str, Any]) -> RunConfig:
     return from_mapping({**PROXY_SETTINGS, **settings})
 
 
-def _load_features(path: Path | None) -> np.ndarray | None:
+def load_catalog_features(path: Path | None) -> np.ndarray | None:
+    """Precomputed catalog text embeddings (``--catalog-features``, also device_round's), checked."""
     if path is None:
         return None
     try:
@@ -118,7 +119,7 @@ def _load_features(path: Path | None) -> np.ndarray | None:
 def _sweep_job(job: tuple[str, int, dict[str, Any], Path | None]) -> dict[str, Any]:
     name, seed, settings, features = job  # tune_run sets the torch threads (torch-threads, 1 by default)
     return {"name": name, "seed": seed,
-            **tune_run(proxy_config({**settings, "seed": seed}), _load_features(features))}
+            **tune_run(proxy_config({**settings, "seed": seed}), load_catalog_features(features))}
 
 
 def sweep_jobs(path: Path) -> list[tuple[str, int, dict[str, Any]]]:
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> Any:
             parser.error("--set and --sweep do not combine: put the settings in the sweep file")
         return run_sweep(args.sweep, max(1, args.processes), args.catalog_features)
     settings = dict(parse_assignment(a) for a in args.set)
-    result = {"settings": settings, **tune_run(proxy_config(settings), _load_features(args.catalog_features))}
+    features = load_catalog_features(args.catalog_features)
+    result = {"settings": settings, **tune_run(proxy_config(settings), features)}
     print(json.dumps(result), flush=True)
     return result
 

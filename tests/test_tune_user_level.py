@@ -116,8 +116,8 @@ def test_unreadable_catalog_features_are_refused_naming_the_file(tmp_path: Path)
     garbled = tmp_path / "features.npy"
     garbled.write_bytes(b"not an array")
     with pytest.raises(SystemExit, match=r"features\.npy: cannot read"):
-        proxy._load_features(garbled)
+        proxy.load_catalog_features(garbled)
     flat = tmp_path / "flat.npy"
     np.save(flat, np.zeros(5))
     with pytest.raises(SystemExit, match=r"flat\.npy: catalog features must be a 2-D array"):
-        proxy._load_features(flat)
+        proxy.load_catalog_features(flat)

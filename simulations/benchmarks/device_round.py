@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from shared.device import pick_device
 from shared.ledger import PrivacyLedger
 from shared.model import NeuMF, get_shared, set_shared
 from shared.workload import catalog_features, initial_parameters, load_workload, model_shape, users_of_store
+from simulations.tune_user_level import load_catalog_features
 
 MODES = ("none", "user", "interaction")
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workload = load_workload(config)
     users = (np.arange(workload.split.n_users) if args.all_users else users_of_store(config, args.store))
     split = workload.split.subset(users)
-    features = (np.load(args.catalog_features) if args.catalog_features
+    features = (load_catalog_features(Path(args.catalog_features)) if args.catalog_features
                 else catalog_features(config))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     result: dict[str, Any] = {"benchmark": "device_round", "users": len(users),
