@@ -32,7 +32,17 @@ class ServerOptimizer:
                    config.server_adam_tau)
 
     def step(self, params: list[np.ndarray], update: list[np.ndarray]) -> list[np.ndarray]:
+        """The new global parameters, in the dtype they had (the model's float32).
+
+        SecAgg+'s dequantized sum is float64; without the cast the published model became float64, and
+        every message carrying it twice the size (profiled: 201 KB against 102 KB a message at 50 stores),
+        though each store loads it into float32 tensors anyway.
+        """
         self.steps += 1
+        return [new.astype(p.dtype, copy=False) for p, new in zip(params, self._moved(params, update),
+                                                                  strict=True)]
+
+    def _moved(self, params: list[np.ndarray], update: list[np.ndarray]) -> list[np.ndarray]:
         if self.kind == "sgd":
             return [p + self.learning_rate * u for p, u in zip(params, update, strict=True)]
         if self.kind == "momentum":

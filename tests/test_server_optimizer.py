@@ -26,3 +26,15 @@ def test_the_optimizer_takes_every_setting_from_the_run_config() -> None:
     optimizer = ServerOptimizer.from_config(config, steps=4)
     assert (optimizer.kind, optimizer.learning_rate, optimizer.adam_tau) == ("adam", 0.3, 0.004)
     assert (optimizer.momentum, optimizer.steps) == (0.5, 4)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_a_float64_update_leaves_the_model_in_its_own_dtype(kind: str) -> None:
+    # SecAgg+ hands the server a float64 sum; the published model stays float32, so messages stay half-size.
+    optimizer = ServerOptimizer(kind, learning_rate=0.5, momentum=0.9)
+    params = [np.ones((2, 3), dtype=np.float32), np.zeros(4, dtype=np.float32)]
+    update = [np.full((2, 3), 0.25), np.full(4, -0.5)]
+    for _ in range(2):
+        params = optimizer.step(params, update)
+        assert [p.dtype for p in params] == [np.float32, np.float32]
+    assert kind != "sgd" or params[0][0, 0] == pytest.approx(1.25)
