@@ -31,6 +31,9 @@ def simulate(config: RunConfig, verbose: bool = False) -> dict[str, Any]:
 
     from client.app import build_client_app
     from server.app import build_server_app, checked_population, new_run_dir
+    from simulations import engine_feed
+
+    engine_feed.install()  # the engine's feeder: one cheap scan every 10 ms (simulations/engine_feed.py)
 
     load_workload(config)  # fetch/validate the data once, before any Ray worker starts
     checked_population(config)  # an invalid δ is a ConfigError naming it, not a failed run inside Ray

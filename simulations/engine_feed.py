@@ -1,0 +1,62 @@
+"""Feed Flower's Simulation Engine its messages with one cheap scan every 10 ms, not 50 scans every 100 ms.
+
+Why: in flwr 1.41 the engine's feeder thread (``vce_api.add_messages_to_queue``) asks the in-memory link
+state for each node's next message in turn, every 0.1 s, and each ask walks *every* stored message, checking
+its TTL and federation on the way (``InMemoryLinkState.get_message_ins``). At 50 stores that was 0.35 ms a
+call, 500 calls a second: a sixth of a core, holding the lock and the GIL of the process whose threads hand
+each message to a Ray actor; and every exchange of a round first waited up to 0.1 s to be noticed. A SecAgg+
+round is five exchanges, a plain one two (profiled in session 10, docs/results.md "Speed").
+
+``install()`` replaces the feeder with one that finds the nodes that have an undelivered message in one pass
+over the store, then delivers through Flower's own ``get_message_ins`` for those nodes only, one message per
+node per pass as Flower does (so TTL and federation checks, and the delivered mark, stay Flower's). It
+touches the simulation only: a deployment's SuperLink never runs this code. It fails loudly, naming what is
+missing, if Flower's layout no longer matches the one it was written for (flwr 1.41).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Mapping
+from queue import Queue
+from typing import Any
+
+VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
+FEEDER = "add_messages_to_queue"
+FEED_INTERVAL_SECONDS = 0.01  # Flower: 0.1 s
+STATE_ATTRIBUTES = ("lock", "message_ins_store", "get_message_ins")  # of InMemoryLinkState, used below
+
+
+def nodes_with_undelivered_messages(state: Any, nodes: set[int]) -> set[int]:
+    """The nodes among ``nodes`` that have a message not yet handed to the engine: one pass over the store."""
+    with state.lock:
+        return {message.metadata.dst_node_id for message in state.message_ins_store.values()
+                if message.metadata.delivered_at == "" and message.metadata.dst_node_id in nodes}
+
+
+def feed_messages(state: Any, queue: Queue[Any], nodes_mapping: Mapping[int, int],
+                  f_stop: threading.Event) -> None:
+    """The engine's feeder thread (same signature and contract as Flower's ``add_messages_to_queue``)."""
+    missing = [name for name in STATE_ATTRIBUTES if not hasattr(state, name)]
+    if missing:
+        raise RuntimeError(f"{type(state).__name__} lacks {missing}: this flwr version's link state differs "
+                           "from the one simulations/engine_feed.py was written for (flwr 1.41)")
+    nodes = set(nodes_mapping)
+    while not f_stop.is_set():
+        for node_id in nodes_with_undelivered_messages(state, nodes):
+            for message in state.get_message_ins(node_id=node_id, limit=1):
+                queue.put(message)
+        f_stop.wait(FEED_INTERVAL_SECONDS)
+
+
+def install() -> None:
+    """Make the Simulation Engine start ``feed_messages`` as its feeder (idempotent)."""
+    module = importlib.import_module(VCE_MODULE)
+    current = getattr(module, FEEDER, None)
+    if current is feed_messages:
+        return
+    if not callable(current):
+        raise RuntimeError(f"{VCE_MODULE}.{FEEDER} is missing: this flwr version's Simulation Engine differs "
+                           "from the one simulations/engine_feed.py replaces (flwr 1.41)")
+    setattr(module, FEEDER, feed_messages)
