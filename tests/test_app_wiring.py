@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 from flwr.server.superlink.linkstate import LinkStateFactory
+from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
@@ -28,7 +29,7 @@ def test_the_client_app_travels_as_its_config_not_as_pickled_closures() -> None:
 
 def test_the_server_polls_the_in_memory_grid_sooner_and_leaves_other_grids_alone() -> None:
     # built as flwr.simulation.run_simulation builds it
-    grid = InMemoryGrid(state_factory=LinkStateFactory(":flwr-in-memory-state:", NoOpFederationManager(),
+    grid = InMemoryGrid(state_factory=LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(),
                                                        ObjectStoreFactory()))
     assert grid.pull_interval > SIMULATION_PULL_SECONDS
     poll_replies_sooner(grid)
