@@ -15,11 +15,11 @@ matches.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 from shared import secagg_keys, secagg_masks, shamir
+from shared.flower_patch import rebind
 
 CLIENT_MOD_MODULE = "flwr.client.mod.secure_aggregation.secaggplus_mod"
 SERVER_WORKFLOW_MODULE = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
@@ -41,12 +41,6 @@ def replacements() -> list[tuple[str, str, Callable[..., Any]]]:
 def install() -> None:
     """Point Flower's SecAgg+ client mod and server workflow at fedrec's functions (see above)."""
     for module_name, name, replacement in replacements():
-        # import_module: the package re-exports the function ``secaggplus_mod`` under the module's name
-        module = importlib.import_module(module_name)
-        current = getattr(module, name, None)
-        if current is replacement:
-            continue
-        if not callable(current):
-            raise RuntimeError(f"{module_name}.{name} is missing: this flwr version's SecAgg+ layout differs "
-                               "from the one shared/secagg.py replaces (flwr 1.41)")
-        setattr(module, name, replacement)
+        # import_module (in rebind): the package re-exports the function ``secaggplus_mod`` under the
+        # module's name
+        rebind(module_name, name, replacement, "shared/secagg.py")

@@ -16,11 +16,12 @@ missing, if Flower's layout no longer matches the one it was written for (flwr 1
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections.abc import Mapping
 from queue import Queue
 from typing import Any
+
+from shared.flower_patch import rebind
 
 VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 FEEDER = "add_messages_to_queue"
@@ -52,11 +53,4 @@ def feed_messages(state: Any, queue: Queue[Any], nodes_mapping: Mapping[int, int
 
 def install() -> None:
     """Make the Simulation Engine start ``feed_messages`` as its feeder (idempotent)."""
-    module = importlib.import_module(VCE_MODULE)
-    current = getattr(module, FEEDER, None)
-    if current is feed_messages:
-        return
-    if not callable(current):
-        raise RuntimeError(f"{VCE_MODULE}.{FEEDER} is missing: this flwr version's Simulation Engine differs "
-                           "from the one simulations/engine_feed.py replaces (flwr 1.41)")
-    setattr(module, FEEDER, feed_messages)
+    rebind(VCE_MODULE, FEEDER, feed_messages, "simulations/engine_feed.py")
