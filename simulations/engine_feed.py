@@ -10,14 +10,17 @@ round is five exchanges, a plain one two (profiled in session 10, docs/results.m
 ``install()`` replaces the feeder with one that finds the nodes that have an undelivered message in one pass
 over the store, then delivers through Flower's own ``get_message_ins`` for those nodes only, one message per
 node per pass as Flower does (so TTL and federation checks, and the delivered mark, stay Flower's). It
-touches the simulation only: a deployment's SuperLink never runs this code. It fails loudly, naming what is
-missing, if Flower's layout no longer matches the one it was written for (flwr 1.41).
+touches the simulation only: a deployment's SuperLink never runs this code. ``install()`` fails loudly if
+Flower no longer has the feeder; a link state without the fields read here (another flwr version) gets
+Flower's own feeder back, with a warning that names them: slower, never a run that hangs on a dead thread.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from queue import Queue
 from typing import Any
 
@@ -27,6 +30,8 @@ VCE_MODULE = "flwr.server.superlink.fleet.vce.vce_api"
 FEEDER = "add_messages_to_queue"
 FEED_INTERVAL_SECONDS = 0.01  # Flower: 0.1 s
 STATE_ATTRIBUTES = ("lock", "message_ins_store", "get_message_ins")  # of InMemoryLinkState, used below
+FLOWERS_FEEDER = importlib.import_module(VCE_MODULE).add_messages_to_queue  # kept before install() rebinds it
+log = logging.getLogger("fedrec.simulation")
 
 
 def nodes_with_undelivered_messages(state: Any, nodes: set[int]) -> set[int]:
@@ -37,12 +42,15 @@ def nodes_with_undelivered_messages(state: Any, nodes: set[int]) -> set[int]:
 
 
 def feed_messages(state: Any, queue: Queue[Any], nodes_mapping: Mapping[int, int],
-                  f_stop: threading.Event) -> None:
+                  f_stop: threading.Event, flowers_feeder: Callable[..., None] = FLOWERS_FEEDER) -> None:
     """The engine's feeder thread (same signature and contract as Flower's ``add_messages_to_queue``)."""
     missing = [name for name in STATE_ATTRIBUTES if not hasattr(state, name)]
     if missing:
-        raise RuntimeError(f"{type(state).__name__} lacks {missing}: this flwr version's link state differs "
-                           "from the one simulations/engine_feed.py was written for (flwr 1.41)")
+        log.warning("%s lacks %s (a flwr version other than 1.41): the Simulation Engine keeps Flower's own "
+                    "message feeder, without simulations/engine_feed.py's speed-up",
+                    type(state).__name__, missing)
+        flowers_feeder(state, queue, nodes_mapping, f_stop)
+        return
     nodes = set(nodes_mapping)
     while not f_stop.is_set():
         for node_id in nodes_with_undelivered_messages(state, nodes):

@@ -117,6 +117,20 @@ def test_install_replaces_flowers_feeder_once_and_fails_loudly_on_another_layout
         engine_feed.install()
 
 
-def test_a_link_state_without_the_expected_fields_is_refused_naming_them() -> None:
-    with pytest.raises(RuntimeError, match="message_ins_store"):
-        engine_feed.feed_messages(object(), Queue(), {1: 0}, threading.Event())
+def test_a_link_state_without_the_expected_fields_gets_flowers_feeder_and_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Another flwr version: slower but working, never a feeder thread that dies and leaves the run hanging.
+    calls = []
+
+    def flowers(*args: object) -> None:
+        calls.append(args)
+
+    with caplog.at_level("WARNING", logger="fedrec.simulation"):
+        engine_feed.feed_messages(object(), Queue(), {1: 0}, threading.Event(), flowers_feeder=flowers)
+    assert len(calls) == 1
+    assert "message_ins_store" in caplog.text and "Flower's own message feeder" in caplog.text
+
+
+def test_flowers_own_feeder_is_the_one_kept_for_that_fallback() -> None:
+    assert engine_feed.FLOWERS_FEEDER is not engine_feed.feed_messages
+    assert engine_feed.FLOWERS_FEEDER.__module__ == engine_feed.VCE_MODULE
