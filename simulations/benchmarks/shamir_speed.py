@@ -1,7 +1,8 @@
 """Shamir sharing for SecAgg+: Flower's (pycryptodome) vs fedrec's ``shared/shamir.py``, same process.
 
-What one store splits per SecAgg+ round (its 32-byte mask seed and its PEM-encoded P-384 private key, the
-secrets Flower's ``secaggplus_mod`` shares) and what the server recombines per store, at the share count and
+What one store splits per SecAgg+ round (its 32-byte mask seed and its first private key, the secrets Flower's
+``secaggplus_mod`` shares: a 306-byte PEM P-384 key with Flower's own key functions, a raw 32-byte X25519 key
+with fedrec's, shared/secagg_keys.py) and what the server recombines per store, at the share count and
 threshold of ``round_overhead``'s 50-store setting (11 shares, threshold 9). Median of ``--repeats`` calls
 each; every recombined secret is checked. Ends with one JSON line.
 
@@ -22,7 +23,7 @@ from typing import Any
 from flwr.common.secure_aggregation.crypto import shamir as flower_shamir
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, private_key_to_bytes
 
-from shared import shamir
+from shared import secagg_keys, shamir
 
 
 def _median_ms(call: Callable[[], Any], repeats: int) -> float:
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threshold", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
-    secrets = {"mask_seed": os.urandom(32), "private_key": private_key_to_bytes(generate_key_pairs()[0])}
+    secrets = {"mask_seed": os.urandom(32), "private_key": private_key_to_bytes(generate_key_pairs()[0]),
+               "x25519_private_key": secagg_keys.private_key_to_bytes(secagg_keys.generate_key_pairs()[0])}
     result: dict[str, Any] = {"benchmark": "shamir_speed", "shares": args.shares, "threshold": args.threshold}
     for name, secret in secrets.items():
         row: dict[str, Any] = {"bytes": len(secret)}
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row["split_speedup"] = round(row["flower_split_ms"] / row["fedrec_split_ms"], 1)
         row["combine_speedup"] = round(row["flower_combine_ms"] / row["fedrec_combine_ms"], 1)
         result[name] = row
-        print(f"{name:<12} {len(secret):>4} B  split {row['flower_split_ms']:8.2f} → "
+        print(f"{name:<18} {len(secret):>4} B  split {row['flower_split_ms']:8.2f} → "
               f"{row['fedrec_split_ms']:6.2f} ms ({row['split_speedup']}×)  "
               f"combine {row['flower_combine_ms']:8.2f} → {row['fedrec_combine_ms']:6.2f} ms "
               f"({row['combine_speedup']}×)", flush=True)
