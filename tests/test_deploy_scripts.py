@@ -174,3 +174,27 @@ def test_superexec_runs_the_app_modules_warm_hook(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(warm_flower.WARM_APP_ENV, "client.app")
     warm_flower._preload()
     assert called == [True]
+
+
+def test_the_ml100k_deployment_workload_deals_whole_stores_to_three_partners(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy_round --workload ml-100k: each region (store) of the main job goes whole to one partner, every
+    user is kept, and split_partners then finds exactly the benchmark's three partners."""
+    import shared.datasets
+    from simulations.benchmarks import deploy_round
+
+    source = write_tiny_dataset(tmp_path / "source")
+    users = sorted(_users(source / "interactions.csv"))
+    store_of = {user: f"region-{n % 5}" for n, user in enumerate(users)}  # five stores for three partners
+    with (source / "users.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("user_id", "store"), *store_of.items()])
+    monkeypatch.setattr(shared.datasets, "movielens_100k", lambda: source)
+    out = deploy_round.movielens_three_partners(tmp_path / "three")
+    with (out / "users.csv").open(newline="") as handle:
+        partner_of = {row["user_id"]: row["store"] for row in csv.DictReader(handle)}
+    assert partner_of.keys() == store_of.keys()
+    assert set(partner_of.values()) == set(deploy_round.PARTNERS)
+    for store in set(store_of.values()):
+        assert len({partner_of[u] for u, s in store_of.items() if s == store}) == 1
+    assert (out / "interactions.csv").read_bytes() == (source / "interactions.csv").read_bytes()
+    assert len(split_partners(out, tmp_path / "mounts")) == len(deploy_round.PARTNERS)
