@@ -111,6 +111,26 @@ def test_retrieval_query_reproduces_the_gmf_and_bias_share_of_the_logit() -> Non
     assert retrieval_query(user, weight) @ row == pytest.approx(weight @ (user * item) + bias, rel=1e-5)
 
 
+@pytest.mark.parametrize("items", [ServeSettings().score_all_below, ServeSettings().score_all_below + 100])
+def test_small_catalogs_are_scored_whole_and_larger_ones_retrieve_candidates_first(
+        items: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to the default ``score_all_below`` NeuMF ranks the whole catalog (exactly the full model's top 10);
+    above it the candidates come from the retrieval index, as score_all_crossover.py measured pays."""
+    from shared.cold_start import score
+    from simulations.benchmarks.serving_synthetic import synthetic_model, synthetic_recommender
+
+    model, text = synthetic_model(items)
+    recommender = synthetic_recommender(model, text[:, :8], ServeSettings(port=0))
+    searches = []
+    search = ExactIndex.search
+    monkeypatch.setattr(ExactIndex, "search", lambda self, *a: searches.append(a) or search(self, *a))
+    got = [int(i.item_id[1:]) for i in recommender.recommend("u3", 10).items]
+    assert len(searches) == (items > ServeSettings().score_all_below)
+    if not searches:
+        assert got == top_indices(score(model.head, model.users.take(np.array([3])), model.item_vectors)[0],
+                                  10).tolist()
+
+
 def test_ann_recall_at_10_against_exact_search() -> None:
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(RECALL_ITEMS, 9)).astype(np.float32)

@@ -21,7 +21,7 @@ class ServeSettings:
     port: int = 50051                # 0 = an ephemeral port (printed at start-up)
     max_k: int = 100                 # largest k a request may ask for
     candidates: int = 200            # retrieved by inner product, then re-ranked by the full NeuMF
-    score_all_below: int = 4096      # catalogs up to this size skip retrieval: NeuMF scores every item
+    score_all_below: int = 256       # catalogs up to this size skip retrieval (the measured break-even)
     ann_min_items: int = 50_000      # from this catalog size on, candidates come from the HNSW index
     hnsw_m: int = 16                 # HNSW graph degree (usearch connectivity)
     hnsw_ef_construction: int = 100  # build-time beam width
