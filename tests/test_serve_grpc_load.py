@@ -33,3 +33,17 @@ def test_an_open_loop_run_keeps_to_its_arrival_rate() -> None:
     check(result)
     assert result["load"] == "open loop, 200 requests/s"
     assert result["requests_per_s"] == pytest.approx(200, rel=0.25)
+
+
+def test_a_trained_runs_store_is_served_to_its_own_shoppers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--run-dir: the child loads the run as ``fedrec serve`` does, and the load asks for that store's
+    shoppers only (any other id would be a cold-start answer, not the personalized path being timed)."""
+    from tests.conftest import TINY_ITEMS
+    from tests.serving_fixtures import make_tiny_run
+
+    run = make_tiny_run(tmp_path)
+    result = main(["--run-dir", str(run.run_dir), "--store", "0", "--requests", "200", "--concurrency", "4"])
+    check(result)
+    assert result["catalog"] == f"{run.run_dir} store 0"
+    assert result["shoppers"] == len(run.store_users)
+    assert result["items"] == TINY_ITEMS

@@ -1,14 +1,16 @@
 """``Recommend`` over gRPC on loopback under bounded load: N requests at concurrency C (default 5,000 at 8).
 
 The server runs in a child process (its own GIL, as ``fedrec serve`` would) over a synthetic catalog
-(serving_synthetic.py); this process drives it over one channel, closed loop (C callers back to back, the
-default) or open loop (``--rate``: Poisson arrivals). Reports client-side p50/p99, requests/s and errors; the
-server's and the load generator's CPU time per request (they share the machine's cores); and, as the
-in-process baseline measured in the server process, the engine's own p50/p99, so gRPC's share is visible.
+(serving_synthetic.py), or with ``--run-dir`` over a trained run's store loaded as ``fedrec serve`` loads it
+(its catalog, model and shoppers, who are then the ones asked for). This process drives it over one channel,
+closed loop (C callers back to back, the default) or open loop (``--rate``: Poisson arrivals). Reports
+client-side p50/p99, requests/s and errors; the server's and the load generator's CPU time per request (they
+share the machine's cores); and, as the in-process baseline measured in the server process, the engine's own
+p50/p99, so gRPC's share is visible.
 Ends with one JSON line.
 
-    .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000] [--requests 5000] \
-        [--concurrency 8 | --rate 500] [--stored-reply]
+    .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000 | --run-dir DIR --store S] \
+        [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply]
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import asyncio
 import json
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,30 +33,54 @@ BASELINE_CALLS = 500
 WARMUP = 100
 
 
-def serve_synthetic(items: int, connection: Connection, stored_reply: bool = False) -> None:
+@dataclass(frozen=True)
+class Catalog:
+    """What the child serves: ``items`` synthetic items, or ``store`` of the trained run in ``run_dir``."""
+
+    items: int
+    run_dir: Path | None = None
+    store: str = "0"
+
+
+def build_recommender(catalog: Catalog, settings: Any) -> Any:
+    if catalog.run_dir is None:
+        from simulations.benchmarks.serving_synthetic import synthetic_model, synthetic_recommender
+
+        model, text = synthetic_model(catalog.items)
+        return synthetic_recommender(model, text[:, :8], settings)
+    from client.serving.bootstrap import MiniLMEmbedder, open_recommender
+    from client.serving.model_bundle import ServingPaths, read_run_config, resolve_state_dir
+
+    state_dir = resolve_state_dir(catalog.run_dir, catalog.store)
+    config = read_run_config(ServingPaths(catalog.run_dir, state_dir))
+    embedder = MiniLMEmbedder(config.text_encoder)
+    return open_recommender(catalog.run_dir, state_dir, settings, embedder).recommender
+
+
+def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool = False) -> None:
     """Child process: build the recommender, time it in-process, serve until told to stop. With
     ``stored_reply`` every request gets one reply computed at start-up: what gRPC alone costs (the floor)."""
     from client.serving.service import start_server
     from client.serving.settings import ServeSettings
     from shared.threads import limit_math_threads
-    from simulations.benchmarks.serving_synthetic import USERS, synthetic_model, synthetic_recommender
 
     limit_math_threads()
     settings = ServeSettings(port=0)
-    model, text = synthetic_model(items)
-    recommender = synthetic_recommender(model, text[:, :8], settings)
+    recommender = build_recommender(catalog, settings)
+    users = sorted(recommender.snapshot.model.user_row)
     rng = np.random.default_rng(1)
     timings = []
     for n in range(BASELINE_CALLS):
         started = time.perf_counter()
-        recommender.recommend(f"u{rng.integers(0, USERS)}", K)
+        recommender.recommend(users[rng.integers(0, len(users))], K)
         if n >= WARMUP:
             timings.append((time.perf_counter() - started) * 1e3)
     if stored_reply:
-        reply = recommender.recommend("u0", K)
-        recommender.recommend = lambda *args, **kwargs: reply  # type: ignore[method-assign]
+        reply = recommender.recommend(users[0], K)
+        recommender.recommend = lambda *args, **kwargs: reply
     server = start_server(recommender, settings)
-    connection.send({"port": server.port, "in_process_p50_ms": float(np.percentile(timings, 50)),
+    connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
+                     "in_process_p50_ms": float(np.percentile(timings, 50)),
                      "in_process_p99_ms": float(np.percentile(timings, 99))})
     connection.recv()  # the load starts
     cpu_started = time.process_time()
@@ -73,7 +100,7 @@ class Load:
     client_cpu_s: float
 
 
-def drive(port: int, requests: int, concurrency: int, rate: float | None = None,
+def drive(port: int, users: Sequence[str], requests: int, concurrency: int, rate: float | None = None,
           on_start: Callable[[], None] = lambda: None, on_end: Callable[[], None] = lambda: None) -> Load:
     """Closed loop (``rate`` None): C asyncio callers on one channel, each sending its share of the requests
     back to back, so the server is saturated and latency is mostly queueing (C / throughput). Open loop
@@ -84,30 +111,29 @@ def drive(port: int, requests: int, concurrency: int, rate: float | None = None,
     Why asyncio rather than threads: the load generator shares the 2 cores with the server, and a
     thread-per-caller client spent ~0.5 ms of CPU per request on thread switches that the server then lacks.
     """
-    return asyncio.run(_drive(port, requests, concurrency, rate, on_start, on_end))
+    return asyncio.run(_drive(port, users, requests, concurrency, rate, on_start, on_end))
 
 
-async def _drive(port: int, requests: int, concurrency: int, rate: float | None, on_start: Callable[[], None],
-                 on_end: Callable[[], None]) -> Load:
+async def _drive(port: int, user_ids: Sequence[str], requests: int, concurrency: int, rate: float | None,
+                 on_start: Callable[[], None], on_end: Callable[[], None]) -> Load:
     import grpc
 
     from shared.proto import recommend_pb2 as pb
     from shared.proto import recommend_pb2_grpc as pb_grpc
-    from simulations.benchmarks.serving_synthetic import USERS
 
     latencies = np.zeros(requests)
     errors = [0]
     rng = np.random.default_rng(0)
-    users = rng.integers(0, USERS, requests)
+    users = rng.integers(0, len(user_ids), requests)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stub = pb_grpc.RecommenderStub(channel)
         for n in range(WARMUP):
-            await stub.Recommend(pb.RecommendRequest(user_id=f"u{n % USERS}", k=K))
+            await stub.Recommend(pb.RecommendRequest(user_id=user_ids[n % len(user_ids)], k=K))
 
         async def send(n: int, started: float) -> None:
             try:
-                reply = await stub.Recommend(pb.RecommendRequest(user_id=f"u{users[n]}", k=K), timeout=10)
+                reply = await stub.Recommend(pb.RecommendRequest(user_id=user_ids[users[n]], k=K), timeout=10)
                 if len(reply.items) != K:
                     errors[0] += 1
             except grpc.RpcError:
@@ -139,7 +165,9 @@ async def _drive(port: int, requests: int, concurrency: int, rate: float | None,
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
+    parser.add_argument("--run-dir", type=Path, help="serve this trained run's store instead (--store)")
+    parser.add_argument("--store", default="0", help="with --run-dir: the store whose shoppers are asked for")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=8, help="closed loop: callers back to back")
     parser.add_argument("--rate", type=float, help="open loop instead: Poisson arrivals, requests/s")
@@ -148,18 +176,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    server = context.Process(target=serve_synthetic, args=(args.items, child, args.stored_reply), daemon=True)
+    catalog = Catalog(args.items, args.run_dir, args.store)
+    server = context.Process(target=serve_catalog, args=(catalog, child, args.stored_reply), daemon=True)
     server.start()
     ready = parent.recv()
     try:
-        load = drive(ready["port"], args.requests, args.concurrency, args.rate,
+        load = drive(ready["port"], ready["users"], args.requests, args.concurrency, args.rate,
                      on_start=lambda: parent.send("start"),
                      on_end=lambda: parent.send("end"))
         server_cpu_s = parent.recv()
     finally:
         parent.send("stop")
         server.join(timeout=30)
-    result = {"benchmark": "serve_grpc_load", "items": args.items, "requests": args.requests,
+    result = {"benchmark": "serve_grpc_load", "items": ready["items"],
+              "catalog": "synthetic" if args.run_dir is None else f"{args.run_dir} store {args.store}",
+              "shoppers": len(ready["users"]), "requests": args.requests,
               "load": f"open loop, {args.rate:g} requests/s" if args.rate else
               f"closed loop, concurrency {args.concurrency}", "stored_reply": args.stored_reply,
               "errors": load.errors,
