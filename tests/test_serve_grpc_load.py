@@ -47,3 +47,15 @@ def test_a_trained_runs_store_is_served_to_its_own_shoppers(tmp_path) -> None:  
     assert result["catalog"] == f"{run.run_dir} store 0"
     assert result["shoppers"] == len(run.store_users)
     assert result["items"] == TINY_ITEMS
+
+
+def test_passes_report_each_run_and_their_medians() -> None:
+    """--passes: one server, N loads; the headline numbers are the medians of the passes listed."""
+    import statistics
+
+    result = main([*SMALL, "--concurrency", "4", "--passes", "3"])
+    check(result)
+    assert result["passes"] == 3 and len(result["each_pass"]) == 3
+    assert result["p99_ms"] == pytest.approx(statistics.median(p["p99_ms"] for p in result["each_pass"]))
+    assert result["passes_with_p99_under_goal"] == sum(p["p99_ms"] < 10 for p in result["each_pass"])
+    assert all(p["errors"] == 0 for p in result["each_pass"])

@@ -6,11 +6,12 @@ The server runs in a child process (its own GIL, as ``fedrec serve`` would) over
 closed loop (C callers back to back, the default) or open loop (``--rate``: Poisson arrivals). Reports
 client-side p50/p99, requests/s and errors; the server's and the load generator's CPU time per request (they
 share the machine's cores); and, as the in-process baseline measured in the server process, the engine's own
-p50/p99, so gRPC's share is visible.
-Ends with one JSON line.
+p50/p99, so gRPC's share is visible. With ``--passes N`` the load runs N times against the one server and the
+headline numbers are the medians, with every pass listed and how many met the p99 goal: these 2 shared cores
+move a single pass's p99 by ±40 % from one minute to the next. Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000 | --run-dir DIR --store S] \
-        [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply]
+        [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply] [--passes 1]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 K = 10
+P99_GOAL_MS = 10.0  # issue 5: p99 under 10 ms over loopback at concurrency 8
 BASELINE_CALLS = 500
 WARMUP = 100
 
@@ -82,11 +84,12 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
     connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
                      "in_process_p50_ms": float(np.percentile(timings, 50)),
                      "in_process_p99_ms": float(np.percentile(timings, 99))})
-    connection.recv()  # the load starts
-    cpu_started = time.process_time()
-    connection.recv()  # the load ended
-    connection.send(time.process_time() - cpu_started)
-    connection.recv()  # stop
+    cpu_started = 0.0
+    while (message := connection.recv()) != "stop":  # one "start" / "end" pair per pass of the load
+        if message == "start":
+            cpu_started = time.process_time()
+        else:
+            connection.send(time.process_time() - cpu_started)
     server.stop(grace=None)
 
 
@@ -163,6 +166,15 @@ async def _drive(port: int, user_ids: Sequence[str], requests: int, concurrency:
     return Load(latencies, errors[0], elapsed, cpu)
 
 
+def summarise(load: Load, server_cpu_s: float, requests: int) -> dict[str, Any]:
+    return {"errors": load.errors,
+            "p50_ms": round(float(np.percentile(load.latencies, 50)), 3),
+            "p99_ms": round(float(np.percentile(load.latencies, 99)), 3),
+            "requests_per_s": round(requests / load.elapsed_s, 1),
+            "server_cpu_ms_per_request": round(server_cpu_s / requests * 1e3, 3),
+            "client_cpu_ms_per_request": round(load.client_cpu_s / requests * 1e3, 3)}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000, help="synthetic catalog size")
@@ -173,34 +185,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, help="open loop instead: Poisson arrivals, requests/s")
     parser.add_argument("--stored-reply", action="store_true",
                         help="the server answers every request with one stored reply: gRPC's own cost")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="run the load N times against the one server; report each and the medians")
     args = parser.parse_args(argv)
+    if args.passes < 1:
+        parser.error(f"--passes: {args.passes} must be >= 1")
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     catalog = Catalog(args.items, args.run_dir, args.store)
     server = context.Process(target=serve_catalog, args=(catalog, child, args.stored_reply), daemon=True)
     server.start()
     ready = parent.recv()
+    passes = []
     try:
-        load = drive(ready["port"], ready["users"], args.requests, args.concurrency, args.rate,
-                     on_start=lambda: parent.send("start"),
-                     on_end=lambda: parent.send("end"))
-        server_cpu_s = parent.recv()
+        for _ in range(args.passes):
+            load = drive(ready["port"], ready["users"], args.requests, args.concurrency, args.rate,
+                         on_start=lambda: parent.send("start"),
+                         on_end=lambda: parent.send("end"))
+            passes.append(summarise(load, parent.recv(), args.requests))
     finally:
         parent.send("stop")
         server.join(timeout=30)
+    median = {key: round(float(np.median([p[key] for p in passes])), 3) for key in passes[0]
+              if key != "errors"}
+    under_goal = sum(p["p99_ms"] < P99_GOAL_MS for p in passes)
     result = {"benchmark": "serve_grpc_load", "items": ready["items"],
               "catalog": "synthetic" if args.run_dir is None else f"{args.run_dir} store {args.store}",
               "shoppers": len(ready["users"]), "requests": args.requests,
               "load": f"open loop, {args.rate:g} requests/s" if args.rate else
               f"closed loop, concurrency {args.concurrency}", "stored_reply": args.stored_reply,
-              "errors": load.errors,
-              "p50_ms": round(float(np.percentile(load.latencies, 50)), 3),
-              "p99_ms": round(float(np.percentile(load.latencies, 99)), 3),
-              "requests_per_s": round(args.requests / load.elapsed_s, 1),
-              "server_cpu_ms_per_request": round(server_cpu_s / args.requests * 1e3, 3),
-              "client_cpu_ms_per_request": round(load.client_cpu_s / args.requests * 1e3, 3),
+              "errors": sum(p["errors"] for p in passes), **median,
+              "passes": len(passes), "passes_with_p99_under_goal": under_goal, "p99_goal_ms": P99_GOAL_MS,
               "in_process_p50_ms": round(ready["in_process_p50_ms"], 3),
-              "in_process_p99_ms": round(ready["in_process_p99_ms"], 3)}
+              "in_process_p99_ms": round(ready["in_process_p99_ms"], 3),
+              **({"each_pass": passes} if len(passes) > 1 else {})}
     print(json.dumps(result))
     return result
 
