@@ -25,9 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from client.serving.engine import Recommender
+    from client.serving.settings import ServeSettings
 
 K = 10
 P99_GOAL_MS = 10.0  # issue 5: p99 under 10 ms over loopback at concurrency 8
@@ -44,7 +48,7 @@ class Catalog:
     store: str = "0"
 
 
-def build_recommender(catalog: Catalog, settings: Any) -> Any:
+def build_recommender(catalog: Catalog, settings: ServeSettings) -> Recommender:
     if catalog.run_dir is None:
         from simulations.benchmarks.serving_synthetic import synthetic_model, synthetic_recommender
 
@@ -79,7 +83,7 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
             timings.append((time.perf_counter() - started) * 1e3)
     if stored_reply:
         reply = recommender.recommend(users[0], K)
-        recommender.recommend = lambda *args, **kwargs: reply
+        recommender.recommend = lambda *args, **kwargs: reply  # type: ignore[method-assign]
     server = start_server(recommender, settings)
     connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
                      "in_process_p50_ms": float(np.percentile(timings, 50)),
