@@ -24,6 +24,7 @@ from client.serving.model_bundle import (
     ServingPaths,
     load_serving_model,
     read_run_config,
+    resolve_state_dir,
 )
 from client.serving.settings import ServeSettings
 from shared.config import ConfigError
@@ -103,3 +104,18 @@ def open_recommender(run_dir: Path, state_dir: Path, settings: ServeSettings, em
                               paths.state_dir)
     watcher = ModelWatcher(paths, settings.reload_interval_s, partial(recommender.reload, load))
     return RunningRecommender(recommender, paths, watcher)
+
+
+def run_embedder(run_dir: Path, store: str) -> MiniLMEmbedder:
+    """The text encoder the run was trained with (its config names it; "" is the packaged MiniLM)."""
+    state_dir = resolve_state_dir(Path(run_dir), store)
+    return MiniLMEmbedder(read_run_config(ServingPaths(Path(run_dir), state_dir)).text_encoder)
+
+
+def open_run_store(run_dir: Path, store: str, settings: ServeSettings,
+                   embedder: CatalogEmbedder | None = None,
+                   data_dir: Path | None = None) -> RunningRecommender:
+    """``fedrec serve --run-dir --store``: the store's recommender, with the run's own text encoder unless
+    ``embedder`` is given (loading MiniLM takes seconds, so callers opening several stores pass one in)."""
+    return open_recommender(run_dir, resolve_state_dir(Path(run_dir), store), settings,
+                            embedder or run_embedder(run_dir, store), data_dir)

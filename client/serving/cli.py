@@ -59,18 +59,15 @@ def serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"fedrec serve: {exc}", file=sys.stderr)
         return 2
-    from client.serving.bootstrap import MiniLMEmbedder, open_recommender
-    from client.serving.model_bundle import ModelLoadError, ServingPaths, read_run_config, resolve_state_dir
+    from client.serving.bootstrap import open_run_store
+    from client.serving.model_bundle import ModelLoadError
     from client.serving.service import start_server
     from shared.text_encoder import TextEncoderError
     from shared.threads import limit_math_threads
 
     limit_math_threads()
-    state_dir = resolve_state_dir(args.run_dir, args.store)
     try:
-        config = read_run_config(ServingPaths(args.run_dir, state_dir))
-        running = open_recommender(args.run_dir, state_dir, settings, MiniLMEmbedder(config.text_encoder),
-                                   args.data_dir)
+        running = open_run_store(args.run_dir, args.store, settings, data_dir=args.data_dir)
     except (ModelLoadError, TextEncoderError) as exc:
         print(f"fedrec serve: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -68,17 +68,15 @@ def synthetic_sizes(sizes: list[int], calls: int) -> list[dict[str, Any]]:
 
 def trained_model(run_dir: Path, calls: int) -> dict[str, Any]:
     """Every store of ``run_dir`` served both ways from its trained model: list agreement and timing."""
-    from client.serving.bootstrap import MiniLMEmbedder, open_recommender
-    from client.serving.model_bundle import ServingPaths, read_run_config, resolve_state_dir
+    from client.serving.bootstrap import open_run_store, run_embedder
 
     stores = sorted(p.name.removeprefix("store-") for p in (run_dir / "stores").glob("store-*"))
-    first = resolve_state_dir(run_dir, stores[0])
-    embedder = MiniLMEmbedder(read_run_config(ServingPaths(run_dir, first)).text_encoder)
+    embedder = run_embedder(run_dir, stores[0])  # loaded once for every store
     overlap, identical, timings = [], [], {way: 0.0 for way in WAYS}
     catalog = 0
     for store in stores:
-        served = {way: open_recommender(run_dir, resolve_state_dir(run_dir, store),
-                                        ServeSettings(port=0, score_all_below=limit), embedder).recommender
+        served = {way: open_run_store(run_dir, store, ServeSettings(port=0, score_all_below=limit),
+                                      embedder).recommender
                   for way, limit in WAYS.items()}
         users = sorted(served["two_stage"].snapshot.model.user_row)
         catalog = served["two_stage"].info().catalog_size

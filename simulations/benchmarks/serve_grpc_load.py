@@ -54,13 +54,9 @@ def build_recommender(catalog: Catalog, settings: ServeSettings) -> Recommender:
 
         model, text = synthetic_model(catalog.items)
         return synthetic_recommender(model, text[:, :8], settings)
-    from client.serving.bootstrap import MiniLMEmbedder, open_recommender
-    from client.serving.model_bundle import ServingPaths, read_run_config, resolve_state_dir
+    from client.serving.bootstrap import open_run_store
 
-    state_dir = resolve_state_dir(catalog.run_dir, catalog.store)
-    config = read_run_config(ServingPaths(catalog.run_dir, state_dir))
-    embedder = MiniLMEmbedder(config.text_encoder)
-    return open_recommender(catalog.run_dir, state_dir, settings, embedder).recommender
+    return open_run_store(catalog.run_dir, catalog.store, settings).recommender
 
 
 def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool = False) -> None:
