@@ -21,7 +21,18 @@ from client.serving.interaction_log import (
     read_interactions,
     with_logged_clicks,
 )
-from client.serving.retrieval import AnnIndex, ExactIndex, SharedExclusiveLock, retrieval_query, top_indices
+from client.serving.retrieval import (
+    SEARCH_WIDTH_STEPS,
+    AnnIndex,
+    ExactIndex,
+    SharedExclusiveLock,
+    build_index,
+    exact_top,
+    recall_at_k,
+    retrieval_query,
+    top_indices,
+    tune_search_width,
+)
 from client.serving.settings import ServeSettings, SettingsError
 from client.store import StoreClient, store_data
 from shared.messages import ROUND_KEY
@@ -131,14 +142,71 @@ def test_small_catalogs_are_scored_whole_and_larger_ones_retrieve_candidates_fir
                                   10).tolist()
 
 
+def random_catalog(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform random rows and queries in 9-d: a harder geometry for HNSW than learned vectors."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(RECALL_ITEMS, 9)).astype(np.float32),
+            rng.normal(size=(RECALL_QUERIES, 9)).astype(np.float32))
+
+
 def test_ann_recall_at_10_against_exact_search() -> None:
-    rng = np.random.default_rng(0)
-    rows = rng.normal(size=(RECALL_ITEMS, 9)).astype(np.float32)
-    queries = rng.normal(size=(RECALL_QUERIES, 9)).astype(np.float32)
+    rows, queries = random_catalog()
     exact, ann = ExactIndex(Growable(rows)), AnnIndex(rows, ServeSettings(index_threads=1))
-    recall = np.mean([len(set(exact.search(q, 10, RECALL_ITEMS)) & set(ann.search(q, 10, RECALL_ITEMS))) / 10
-                      for q in queries])
-    assert recall >= RECALL_GOAL
+    by_hand = np.mean([len(set(exact.search(q, 10, RECALL_ITEMS)) & set(ann.search(q, 10, RECALL_ITEMS))) / 10
+                       for q in queries])
+    assert recall_at_k(ann, queries, exact_top(rows, queries, 10), RECALL_ITEMS) == pytest.approx(by_hand)
+    assert by_hand >= RECALL_GOAL
+
+
+TUNING = ServeSettings(max_k=10, candidates=20, index_threads=1, ann_min_items=1)
+
+
+def test_the_beam_width_is_tuned_to_the_smallest_rung_that_reaches_the_recall_target() -> None:
+    rows, queries = random_catalog()
+    settings = TUNING.replace(hnsw_recall_target=0.99)
+    index = build_index(Growable(rows), settings, queries)
+    assert isinstance(index, AnnIndex)
+    rungs = [round(settings.candidates * step) for step in SEARCH_WIDTH_STEPS]
+    width = index.width
+    assert width.ef in rungs and width.recall_at_10 is not None
+    truth = exact_top(rows, queries, 10)
+    assert recall_at_k(index, queries, truth, RECALL_ITEMS) == width.recall_at_10  # the beam it said it uses
+    assert width.recall_at_10 >= 0.99 or width.ef == rungs[-1]
+    if width.ef > rungs[0]:  # the rung below fell short, or it would have been chosen
+        index.set_search_width(rungs[rungs.index(width.ef) - 1])
+        assert recall_at_k(index, queries, truth, RECALL_ITEMS) < 0.99
+
+
+class BeamLimitedIndex:
+    """Finds each query's true best items only with a beam of at least ``needs``; the worst ones otherwise."""
+
+    def __init__(self, rows: np.ndarray, needs: int) -> None:
+        self.rows, self.needs, self.ef = rows, needs, 0
+
+    def set_search_width(self, ef: int) -> None:
+        self.ef = ef
+
+    def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
+        scores = self.rows @ query
+        return top_indices(scores if self.ef >= self.needs else -scores, count)
+
+
+@pytest.mark.parametrize("needs", [20, 40, 100, 101])
+def test_tuning_stops_at_the_first_wide_enough_rung_and_warns_when_none_is(
+        needs: int, caplog: pytest.LogCaptureFixture) -> None:
+    rows, queries = random_catalog()
+    with caplog.at_level(logging.WARNING):
+        width = tune_search_width(BeamLimitedIndex(rows, needs), rows, queries, TUNING)  # type: ignore[arg-type]
+    reachable = needs <= 100  # the widest rung: 5 x 20 candidates
+    assert width.ef == (needs if reachable else 100)
+    assert width.recall_at_10 == (1.0 if reachable else 0.0) and width.short_of_target is not reachable
+    assert ("below --hnsw-recall-target" in caplog.text) is not reachable
+
+
+def test_a_beam_width_set_by_hand_is_not_tuned() -> None:
+    rows, queries = random_catalog()
+    index = build_index(Growable(rows), TUNING.replace(hnsw_ef_search=30), queries)
+    assert isinstance(index, AnnIndex) and index.width.ef == 30 and index.width.recall_at_10 is None
 
 
 def test_the_ann_index_finds_items_added_after_the_build() -> None:
@@ -161,6 +229,10 @@ def test_growable_readers_keep_their_view_while_it_grows() -> None:
 def test_settings_name_the_flag_out_of_range() -> None:
     with pytest.raises(SettingsError, match="--max-k"):
         ServeSettings(max_k=0)
+    with pytest.raises(SettingsError, match="--hnsw-ef-search"):
+        ServeSettings(candidates=200, hnsw_ef_search=100)
+    with pytest.raises(SettingsError, match="--hnsw-recall-target"):
+        ServeSettings(hnsw_recall_target=1.5)
 
 
 def test_serve_on_a_directory_that_is_no_run_says_which_file(tmp_path: Path,

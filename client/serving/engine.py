@@ -30,7 +30,13 @@ from client.serving.interaction_log import (
     read_records,
 )
 from client.serving.model_bundle import ServingModel
-from client.serving.retrieval import CandidateIndex, build_index, retrieval_query, top_indices
+from client.serving.retrieval import (
+    CandidateIndex,
+    build_index,
+    retrieval_queries,
+    retrieval_query,
+    top_indices,
+)
 from client.serving.settings import ServeSettings, flag
 from shared.cold_start import QueryPlacement, UserVectors, fit_user_from_clicks, rank_for_text, score
 
@@ -156,7 +162,14 @@ class Recommender:
         if len(self.items) > base:  # added items: placed from their text by this model's mapping
             vectors = vectors.concat(model.mapping.place(self.items.text.view()[base:]))
         space = ItemSpace(vectors)
-        return Snapshot(model, space, build_index(space.retrieval, self.settings))
+        index = build_index(space.retrieval, self.settings, self._tuning_queries(model))
+        return Snapshot(model, space, index)
+
+    def _tuning_queries(self, model: ServingModel) -> np.ndarray:
+        """Queries of a seeded sample of the store's shoppers: HNSW's beam width is tuned on them."""
+        count = min(self.settings.hnsw_tuning_queries, len(model.users))
+        rows = np.random.default_rng(self.settings.seed).choice(len(model.users), count, replace=False)
+        return retrieval_queries(model.users.gmf[np.sort(rows)], model.gmf_output_weight)
 
     def _refit_clicked(self, snapshot: Snapshot) -> None:
         for user_id in self._clicked:

@@ -12,14 +12,22 @@ at ML-100K's 1,682 items, 6.3× at 4,096), while the lists stay the same (identi
 shoppers of the default ML-100K model).
 
 The index choice, its parameters and its recall@10 against exact retrieval are measured by
-``simulations/benchmarks/serve_latency.py`` (docs/serving.md).
+``simulations/benchmarks/serve_latency.py`` (docs/serving.md). The HNSW beam width (ef-search) is tuned when
+the index is built, on the store's own shoppers (``tune_search_width``): recall depends on where the queries
+point (a trained model's GMF output weights can tilt every query towards the bias axis, where recall@10 at
+100k items fell to ~0.7 at ef 128), so no fixed ef is safe for every model, and a wider beam than needed
+costs every request (ef 400 against 200: +0.2 ms a request at 100k items, for recall@10 0.995 vs 0.994).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +36,11 @@ from client.serving.catalog import Growable
 from client.serving.settings import ServeSettings
 
 FLOAT = np.float32
+RECALL_K = 10                                  # the recall@10 the tuning and the benchmarks report
+SEARCH_WIDTH_STEPS = (1.0, 1.5, 2.0, 3.0, 5.0)  # ef-search rungs tried, as multiples of the candidate pool
+TRUTH_CHUNK = 16                               # queries per exact product: 16 x 1M items x 4 B = 64 MB
+
+log = logging.getLogger(__name__)
 
 
 class CandidateIndex(Protocol):
@@ -119,9 +132,10 @@ class AnnIndex:
         from usearch.index import Index
 
         self.settings = settings
+        self.width = SearchWidth(settings.hnsw_ef_search or settings.candidates)  # build_index tunes it
         self._index = Index(ndim=int(rows.shape[1]), metric="ip", dtype="f32",
                             connectivity=settings.hnsw_m, expansion_add=settings.hnsw_ef_construction,
-                            expansion_search=settings.hnsw_ef_search)
+                            expansion_search=self.width.ef)
         if len(rows):
             self._index.add(np.arange(len(rows)), np.ascontiguousarray(rows, dtype=FLOAT),
                             threads=settings.index_threads)
@@ -149,13 +163,82 @@ class AnnIndex:
             self._index.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter; mypy misreads it
 
 
-def build_index(rows: Growable, settings: ServeSettings) -> CandidateIndex:
-    """Exact search below ``ann_min_items`` items, HNSW from there on (the benchmark's crossover)."""
+@dataclass(frozen=True)
+class SearchWidth:
+    """The HNSW beam width in use and the recall@10 it reached on the store's shoppers (None: set by hand)."""
+
+    ef: int
+    recall_at_10: float | None = None
+    target: float | None = None
+    tuning_s: float = 0.0
+
+    @property
+    def short_of_target(self) -> bool:
+        return self.recall_at_10 is not None and self.target is not None and self.recall_at_10 < self.target
+
+
+def exact_top(rows: np.ndarray, queries: np.ndarray, count: int) -> np.ndarray:
+    """[len(queries), count]: each query's ``count`` best rows by inner product (unordered), in chunks."""
+    count = min(count, len(rows))
+    out = np.empty((len(queries), count), dtype=np.int64)
+    for start in range(0, len(queries), TRUTH_CHUNK):
+        scores = queries[start:start + TRUTH_CHUNK] @ rows.T
+        out[start:start + TRUTH_CHUNK] = np.argpartition(-scores, count - 1, axis=1)[:, :count]
+    return out
+
+
+def recall_at_k(index: CandidateIndex, queries: np.ndarray, truth: np.ndarray, size: int) -> float:
+    """Mean share of each query's exact top-k (``truth`` rows) that the index returns in its own top-k."""
+    k = truth.shape[1]
+    found = [len(np.intersect1d(index.search(query, k, size), want)) for query, want in
+             zip(queries, truth, strict=True)]
+    return float(np.mean(found)) / k if found else 1.0
+
+
+def tune_search_width(index: AnnIndex, rows: np.ndarray, queries: np.ndarray, settings: ServeSettings
+                      ) -> SearchWidth:
+    """The smallest ef among ``SEARCH_WIDTH_STEPS`` × candidates whose recall@10 against exact search on
+    ``queries`` reaches ``hnsw_recall_target``; the widest rung, with a warning, if none does."""
+    truth = exact_top(rows, queries, RECALL_K)
+    width = SearchWidth(settings.candidates)
+    for step in SEARCH_WIDTH_STEPS:
+        ef = round(settings.candidates * step)
+        index.set_search_width(ef)
+        width = SearchWidth(ef, recall_at_k(index, queries, truth, len(rows)), settings.hnsw_recall_target)
+        if not width.short_of_target:
+            break
+    if width.short_of_target:
+        log.warning("HNSW recall@10 %.3f at the widest beam (ef-search %d) is below --hnsw-recall-target "
+                    "%.3f on this model's shoppers: raise --hnsw-m / --hnsw-ef-construction, or set "
+                    "--ann-min-items above the catalog size for exact search", width.recall_at_10,
+                    width.ef, width.target)
+    return width
+
+
+def build_index(rows: Growable, settings: ServeSettings, queries: np.ndarray) -> CandidateIndex:
+    """Exact search below ``ann_min_items`` items, HNSW from there on (the benchmark's crossover). ``queries``
+    (the store's shoppers' retrieval queries) tune HNSW's beam width unless ``hnsw_ef_search`` fixes it."""
     if len(rows) < settings.ann_min_items:
         return ExactIndex(rows)
-    return AnnIndex(rows.view(), settings)
+    index = AnnIndex(rows.view(), settings)
+    if not settings.hnsw_ef_search and len(queries):
+        started = time.perf_counter()
+        width = tune_search_width(index, rows.view(), queries, settings)
+        index.width = dataclasses.replace(width, tuning_s=time.perf_counter() - started)
+        log.info("HNSW ef-search %d: recall@10 %.3f against exact search on %d shoppers (target %.3f, "
+                 "tuned in %.1f s)", width.ef, width.recall_at_10, len(queries), width.target,
+                 index.width.tuning_s)
+    return index
+
+
+def retrieval_queries(user_gmf: np.ndarray, gmf_output_weight: np.ndarray) -> np.ndarray:
+    """[u_g ⊙ w_g, 1] per row of ``user_gmf``: its inner product with an item's [i_g, bias] is the GMF + bias
+    share of the logit."""
+    queries = np.ones((len(user_gmf), user_gmf.shape[1] + 1), dtype=FLOAT)
+    queries[:, :-1] = user_gmf * gmf_output_weight
+    return queries
 
 
 def retrieval_query(user_gmf: np.ndarray, gmf_output_weight: np.ndarray) -> np.ndarray:
-    """[u_g ⊙ w_g, 1]: its inner product with an item's [i_g, bias] is the GMF + bias share of the logit."""
-    return np.concatenate([user_gmf * gmf_output_weight, [1.0]]).astype(FLOAT)
+    """One shopper's query (``retrieval_queries`` of one row)."""
+    return retrieval_queries(user_gmf[None], gmf_output_weight)[0]

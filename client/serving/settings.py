@@ -25,7 +25,9 @@ class ServeSettings:
     ann_min_items: int = 50_000      # from this catalog size on, candidates come from the HNSW index
     hnsw_m: int = 16                 # HNSW graph degree (usearch connectivity)
     hnsw_ef_construction: int = 100  # build-time beam width
-    hnsw_ef_search: int = 400        # query-time beam width, >= candidates (recall vs latency: benchmarks)
+    hnsw_ef_search: int = 0          # query-time beam width >= candidates; 0 = tuned to hnsw_recall_target
+    hnsw_recall_target: float = 0.97 # tuning: smallest ef whose recall@10 on the store's shoppers reaches it
+    hnsw_tuning_queries: int = 200   # tuning: shoppers sampled (their exact top-10 is computed once)
     index_threads: int = 2           # threads used to build the index
     reload_interval_s: float = 5.0   # how often the run dir and store state are checked for a new model
     max_text_chars: int = 4096       # longer AddItem / query text is truncated (the encoder reads 256 tokens)
@@ -37,7 +39,7 @@ class ServeSettings:
     seed: int = 0                    # negatives of the online refit
 
     def __post_init__(self) -> None:
-        positive = ("max_k", "candidates", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search",
+        positive = ("max_k", "candidates", "hnsw_m", "hnsw_ef_construction", "hnsw_tuning_queries",
                     "index_threads", "max_text_chars", "explain_items", "workers", "ann_min_items")
         for name in positive:
             if getattr(self, name) < 1:
@@ -49,9 +51,13 @@ class ServeSettings:
         if self.reload_interval_s <= 0 or self.refresh_learning_rate <= 0 or self.mapping_ridge < 0:
             raise SettingsError(f"{flag('reload_interval_s')} and {flag('refresh_learning_rate')} must be "
                                 f"> 0, {flag('mapping_ridge')} >= 0")
-        if self.candidates < self.max_k or self.hnsw_ef_search < self.candidates:
-            raise SettingsError(f"need {flag('max_k')} <= {flag('candidates')} <= {flag('hnsw_ef_search')}, "
-                                f"got {self.max_k}, {self.candidates}, {self.hnsw_ef_search}")
+        ef = self.hnsw_ef_search
+        if self.candidates < self.max_k or 0 < ef < self.candidates or ef < 0:
+            raise SettingsError(f"need {flag('max_k')} <= {flag('candidates')} <= {flag('hnsw_ef_search')} "
+                                f"(or {flag('hnsw_ef_search')} 0: tuned), "
+                                f"got {self.max_k}, {self.candidates}, {ef}")
+        if not 0.0 < self.hnsw_recall_target <= 1.0:
+            raise SettingsError(f"{flag('hnsw_recall_target')}: {self.hnsw_recall_target} must be in (0, 1]")
 
     def replace(self, **changes: object) -> ServeSettings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ one, same query) and the top-10 overlap of the two final lists. Synthetic cluste
 (serving_synthetic.py); one math thread (client/serving/threads.py). Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.serve_latency [--sizes 10000 100000 1000000] [--queries 2000]
-        [--hnsw-m 16] [--ef-construction 100] [--ef-search 400] [--ef-sweep 200 800 1600]
+        [--hnsw-m 16] [--ef-construction 100] [--ef-search 0 (tuned)] [--ef-sweep 200 400 800]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from client.serving.engine import Recommender
-from client.serving.retrieval import AnnIndex, ExactIndex, retrieval_query
+from client.serving.retrieval import AnnIndex, exact_top, retrieval_queries
+from client.serving.retrieval import recall_at_k as retrieval_recall
 from client.serving.settings import ServeSettings
 from shared.threads import limit_math_threads
 from simulations.benchmarks.serving_synthetic import USERS, synthetic_model, synthetic_recommender
@@ -46,19 +47,16 @@ def summary(values: np.ndarray) -> dict[str, float]:
 
 
 def recall_at_k(served: Recommender, exact: Recommender, users: list[str]) -> tuple[float, float]:
-    """(stage-one recall@10 of the index vs exact retrieval, overlap@10 of the final lists)."""
-    snap, rows = served.snapshot, exact.snapshot.space.retrieval
-    size = len(snap.space)
-    retrieval, final = [], []
-    for user in users:
-        vector = snap.model.users.gmf[snap.model.user_row[user]]
-        query = retrieval_query(vector, snap.model.gmf_output_weight)
-        truth = set(ExactIndex(rows).search(query, K, size).tolist())
-        retrieval.append(len(truth & set(snap.index.search(query, K, size).tolist())) / K)
-        a = {i.item_id for i in served.recommend(user, K).items}
-        b = {i.item_id for i in exact.recommend(user, K).items}
-        final.append(len(a & b) / K)
-    return float(np.mean(retrieval)), float(np.mean(final))
+    """(stage-one recall@10 of the index vs exact retrieval, as the service's tuning measures it; overlap@10
+    of the final lists)."""
+    snap = served.snapshot
+    rows = snap.space.retrieval.view()
+    queries = retrieval_queries(snap.model.users.gmf[[snap.model.user_row[u] for u in users]],
+                                snap.model.gmf_output_weight)
+    retrieval = retrieval_recall(snap.index, queries, exact_top(rows, queries, K), len(rows))
+    final = [len({i.item_id for i in served.recommend(user, K).items}
+                 & {i.item_id for i in exact.recommend(user, K).items}) / K for user in users]
+    return retrieval, float(np.mean(final))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -94,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "retrieval_recall_at_10": round(recall, 4), "final_overlap_at_10": round(overlap, 4)}
         index = served.snapshot.index
         if isinstance(index, AnnIndex):
+            entry["ef_search"] = index.width.ef
+            tuned = index.width.recall_at_10
+            entry["ef_search_tuned_recall_at_10"] = None if tuned is None else round(tuned, 4)
+            entry["ef_search_tuning_s"] = round(index.width.tuning_s, 2)
             sweep = {}
             for ef in args.ef_sweep:
                 index.set_search_width(ef)
