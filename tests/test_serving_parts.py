@@ -218,6 +218,25 @@ def test_the_ann_index_finds_items_added_after_the_build() -> None:
     assert index.search(np.array([1.0, 0, 0, 0], dtype=np.float32), 1, 201).tolist() == [200]
 
 
+def test_the_item_space_gives_back_the_vectors_it_was_built_and_grown_with() -> None:
+    from client.serving.catalog import ItemSpace
+    from shared.cold_start import ItemVectors
+
+    rng = np.random.default_rng(2)
+
+    def vectors(n: int) -> ItemVectors:
+        return ItemVectors(rng.normal(size=(n, 4)), rng.normal(size=(n, 3)), rng.normal(size=n))
+
+    first, added = vectors(5), vectors(2)
+    space = ItemSpace(first)
+    space.append(added)
+    both = first.concat(added)
+    picked = space.take(np.array([6, 0, 3]))
+    for name in ("gmf", "mlp", "bias"):
+        np.testing.assert_array_equal(getattr(picked, name), getattr(both, name)[[6, 0, 3]])
+        np.testing.assert_array_equal(getattr(space.vectors(6), name), getattr(both, name)[:6])
+
+
 def test_growable_readers_keep_their_view_while_it_grows() -> None:
     grow = Growable(np.arange(3, dtype=np.float32))
     before = grow.view()

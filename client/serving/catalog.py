@@ -114,12 +114,17 @@ def retrieval_rows(vectors: ItemVectors) -> np.ndarray:
 
 
 class ItemSpace:
-    """One model's view of every item: NeuMF vectors, unit vectors and retrieval rows, append-only."""
+    """One model's view of every item: NeuMF vectors, unit vectors and retrieval rows, append-only.
+
+    The NeuMF vectors are kept as one [n, gmf | mlp | bias] array (``ItemVectors.stacked``), not three: a
+    request gathers its ~200 candidates' rows in one ``np.take``, each row one stretch of memory, instead of
+    three gathers over three arrays. Paired with the three arrays, in process (identical lists): ``recommend``
+    −9 % at 10k synthetic items and −6 % at 100k; behind gRPC the difference was within the noise.
+    """
 
     def __init__(self, vectors: ItemVectors) -> None:
-        self.gmf = Growable(vectors.gmf)
-        self.mlp = Growable(vectors.mlp)
-        self.bias = Growable(vectors.bias)
+        self._gmf_dim, self._mlp_dim = vectors.gmf.shape[1], vectors.mlp.shape[1]
+        self.scored = Growable(vectors.stacked().astype(FLOAT))
         self.unit = Growable(unit_rows(vectors))
         self.retrieval = Growable(retrieval_rows(vectors))
 
@@ -128,15 +133,18 @@ class ItemSpace:
 
     def append(self, vectors: ItemVectors) -> None:
         """Add items; ``retrieval`` is appended last because its size is what readers go by."""
-        self.gmf.append(vectors.gmf)
-        self.mlp.append(vectors.mlp)
-        self.bias.append(vectors.bias)
+        self.scored.append(vectors.stacked())
         self.unit.append(unit_rows(vectors))
         self.retrieval.append(retrieval_rows(vectors))
 
+    def _split(self, rows: np.ndarray) -> ItemVectors:
+        """Packed rows as ItemVectors (column views, no copy; they come from validated vectors)."""
+        split = self._gmf_dim + self._mlp_dim
+        return ItemVectors.trusted(rows[:, :self._gmf_dim], rows[:, self._gmf_dim:split], rows[:, split])
+
     def take(self, rows: np.ndarray) -> ItemVectors:
-        return ItemVectors.trusted(self.gmf.view()[rows], self.mlp.view()[rows], self.bias.view()[rows])
+        return self._split(np.take(self.scored.view(), rows, axis=0))
 
     def vectors(self, size: int) -> ItemVectors:
         """All of the first ``size`` items (the online refit samples negatives among them)."""
-        return ItemVectors(self.gmf.view(size), self.mlp.view(size), self.bias.view(size))
+        return self._split(self.scored.view(size))
