@@ -270,6 +270,24 @@ def test_a_model_that_fails_to_load_is_reported_and_the_old_one_kept(served: Ser
     assert len(served.stub.Recommend(pb.RecommendRequest(user_id="anyone", k=2)).items) == 2
 
 
+def test_model_info_says_how_candidates_are_retrieved(served: Served, tmp_path: Path) -> None:
+    exact = served.stub.ModelInfo(pb.ModelInfoRequest())
+    assert exact.hnsw_ef_search == 0 and not exact.HasField("hnsw_recall_at_10")
+    run = make_tiny_run(tmp_path / "ann")
+    settings = {"max_k": 10, "candidates": 20, "score_all_below": 0, "ann_min_items": 1, "index_threads": 1}
+    running = open_tiny(run, **settings)
+    server = start_server(running.recommender, fast_settings(**settings), str(run.run_dir))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            info = pb_grpc.RecommenderStub(channel).ModelInfo(pb.ModelInfoRequest())
+    finally:
+        server.stop(grace=None)
+    width = running.recommender.snapshot.index.width
+    assert width is not None and width.recall_at_10 is not None
+    assert info.hnsw_ef_search == width.ef >= 20
+    assert info.hnsw_recall_at_10 == pytest.approx(width.recall_at_10)
+
+
 # -- bad input --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [0, -1, MAX_K + 1])
 def test_k_out_of_range_is_invalid_argument_naming_k(served: Served, k: int) -> None:

@@ -110,6 +110,8 @@ class ServingInfo:
     last_reload_error: str
     loaded_at: float
     mapping_source: str
+    hnsw_ef_search: int = 0                 # 0: exact retrieval
+    hnsw_recall_at_10: float | None = None  # what the tuned beam width reached on the store's shoppers
 
 
 @dataclass
@@ -363,8 +365,10 @@ class Recommender:
 
     def info(self) -> ServingInfo:
         snap = self._snapshot
+        width = snap.index.width
         return ServingInfo(snap.model.version, len(snap.space), len(snap.model.user_row),
-                           self.status.last_reload_error, snap.model.loaded_at, snap.model.mapping_source)
+                           self.status.last_reload_error, snap.model.loaded_at, snap.model.mapping_source,
+                           width.ef if width else 0, width.recall_at_10 if width else None)
 
 
 class ServingModelLoader(Protocol):

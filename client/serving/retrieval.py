@@ -43,7 +43,26 @@ TRUTH_CHUNK = 16                               # queries per exact product: 16 x
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SearchWidth:
+    """The HNSW beam width in use and the recall@10 it reached on the store's shoppers (None: set by hand)."""
+
+    ef: int
+    recall_at_10: float | None = None
+    target: float | None = None
+    tuning_s: float = 0.0
+
+    @property
+    def short_of_target(self) -> bool:
+        return self.recall_at_10 is not None and self.target is not None and self.recall_at_10 < self.target
+
+
 class CandidateIndex(Protocol):
+    @property
+    def width(self) -> SearchWidth | None:
+        """HNSW's beam width and the recall it reached (None: exact search has no beam)."""
+        ...
+
     def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
         """Indices (< size) of up to ``count`` items with the largest inner product with ``query``."""
         ...
@@ -64,6 +83,8 @@ def top_indices(scores: np.ndarray, count: int) -> np.ndarray:
 
 class ExactIndex:
     """Exact inner-product search over the catalog's retrieval rows (no extra memory, no build)."""
+
+    width: SearchWidth | None = None
 
     def __init__(self, rows: Growable) -> None:
         self.rows = rows
@@ -161,20 +182,6 @@ class AnnIndex:
         """Change ef-search on the built index (the benchmark sweeps it without rebuilding)."""
         with self._lock.exclusive():
             self._index.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter; mypy misreads it
-
-
-@dataclass(frozen=True)
-class SearchWidth:
-    """The HNSW beam width in use and the recall@10 it reached on the store's shoppers (None: set by hand)."""
-
-    ef: int
-    recall_at_10: float | None = None
-    target: float | None = None
-    tuning_s: float = 0.0
-
-    @property
-    def short_of_target(self) -> bool:
-        return self.recall_at_10 is not None and self.target is not None and self.recall_at_10 < self.target
 
 
 def exact_top(rows: np.ndarray, queries: np.ndarray, count: int) -> np.ndarray:

@@ -82,7 +82,7 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
         reply = recommender.recommend(users[0], K)
         recommender.recommend = lambda *args, **kwargs: reply  # type: ignore[method-assign]
     server = start_server(recommender, settings)
-    width = getattr(recommender.snapshot.index, "width", None)  # HNSW only; exact retrieval has no beam
+    width = recommender.snapshot.index.width  # HNSW only; exact retrieval has no beam
     connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
                      "ef_search": width.ef if width else None,
                      "in_process_p50_ms": float(np.percentile(timings, 50)),
