@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from simulations.benchmarks.score_all_crossover import main
 from tests.serving_fixtures import make_tiny_run
 
@@ -15,7 +17,9 @@ def test_both_ways_are_timed_per_size_and_a_run_is_compared_shopper_by_shopper(t
     assert [row["items"] for row in result["synthetic"]] == [64, 300]
     for row in result["synthetic"]:
         assert row["two_stage_us"] > 0 and row["score_all_us"] > 0
-        assert row["score_all_over_two_stage"] == round(row["score_all_us"] / row["two_stage_us"], 2)
+        # rounded from the unrounded timings: it may differ by 0.01 from a ratio of the rounded ones
+        assert row["score_all_over_two_stage"] == pytest.approx(row["score_all_us"] / row["two_stage_us"],
+                                                                abs=0.011)
     trained = result["trained"]
     assert trained["shoppers"] == len(run.store_users)
     # The tiny catalog (120 items) is smaller than the 200 candidates: the two stages retrieve every item, so
