@@ -124,7 +124,7 @@ class ItemSpace:
 
     def __init__(self, vectors: ItemVectors) -> None:
         self._gmf_dim, self._mlp_dim = vectors.gmf.shape[1], vectors.mlp.shape[1]
-        self.scored = Growable(vectors.stacked().astype(FLOAT))
+        self.scored = Growable(vectors.stacked().astype(FLOAT, copy=False))
         self.unit = Growable(unit_rows(vectors))
         self.retrieval = Growable(retrieval_rows(vectors))
 
