@@ -272,7 +272,7 @@ def test_a_model_that_fails_to_load_is_reported_and_the_old_one_kept(served: Ser
 
 def test_model_info_says_how_candidates_are_retrieved(served: Served, tmp_path: Path) -> None:
     exact = served.stub.ModelInfo(pb.ModelInfoRequest())
-    assert exact.hnsw_ef_search == 0 and not exact.HasField("hnsw_recall_at_10")
+    assert exact.hnsw_ef_search == exact.hnsw_m == 0 and not exact.HasField("hnsw_recall_at_10")
     run = make_tiny_run(tmp_path / "ann")
     settings = {"max_k": 10, "candidates": 20, "score_all_below": 0, "ann_min_items": 1, "index_threads": 1}
     running = open_tiny(run, **settings)
@@ -284,7 +284,7 @@ def test_model_info_says_how_candidates_are_retrieved(served: Served, tmp_path: 
         server.stop(grace=None)
     width = running.recommender.snapshot.index.width
     assert width is not None and width.recall_at_10 is not None
-    assert info.hnsw_ef_search == width.ef >= 20
+    assert info.hnsw_ef_search == width.ef >= 20 and info.hnsw_m == width.degree >= fast_settings().hnsw_m
     assert info.hnsw_recall_at_10 == pytest.approx(width.recall_at_10)
 
 

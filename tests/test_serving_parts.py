@@ -25,6 +25,7 @@ from client.serving.retrieval import (
     SEARCH_WIDTH_STEPS,
     AnnIndex,
     ExactIndex,
+    SearchWidth,
     SharedExclusiveLock,
     build_index,
     exact_top,
@@ -171,36 +172,66 @@ def test_the_beam_width_is_tuned_to_the_smallest_rung_that_reaches_the_recall_ta
     assert width.ef in rungs and width.recall_at_10 is not None
     truth = exact_top(rows, queries, 10)
     assert recall_at_k(index, queries, truth, RECALL_ITEMS) == width.recall_at_10  # the beam it said it uses
-    assert width.recall_at_10 >= 0.99 or width.ef == rungs[-1]
+    assert width.recall_at_10 >= 0.99 and not width.short_of_target
     if width.ef > rungs[0]:  # the rung below fell short, or it would have been chosen
         index.set_search_width(rungs[rungs.index(width.ef) - 1])
         assert recall_at_k(index, queries, truth, RECALL_ITEMS) < 0.99
 
 
 class BeamLimitedIndex:
-    """Finds each query's true best items only with a beam of at least ``needs``; the worst ones otherwise."""
+    """Finds each query's true best items only with a beam of at least ``needs`` (the worst ones otherwise),
+    and with ``flawed`` always misses one of them: a graph that no beam makes perfect."""
 
-    def __init__(self, rows: np.ndarray, needs: int) -> None:
-        self.rows, self.needs, self.ef = rows, needs, 0
+    def __init__(self, rows: np.ndarray, needs: int, flawed: bool = False, degree: int = 16) -> None:
+        self.rows, self.needs, self.flawed, self.ef = rows, needs, flawed, 0
+        self.width = SearchWidth(0, degree=degree)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def set_search_width(self, ef: int) -> None:
         self.ef = ef
 
     def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
         scores = self.rows @ query
-        return top_indices(scores if self.ef >= self.needs else -scores, count)
+        if self.ef < self.needs:
+            return top_indices(-scores, count)
+        best = top_indices(scores, count)
+        return np.concatenate([best[:-1], top_indices(-scores, 1)]) if self.flawed else best
 
 
-@pytest.mark.parametrize("needs", [20, 40, 100, 101])
-def test_tuning_stops_at_the_first_wide_enough_rung_and_warns_when_none_is(
-        needs: int, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("needs", "flawed", "chosen", "recall"),
+                         [(20, False, 20, 1.0), (40, False, 40, 1.0), (100, False, 100, 1.0),
+                          (40, True, 40, 0.9),    # short of the target: the smallest beam at the plateau
+                          (101, False, 20, 0.0)])
+def test_tuning_takes_the_first_beam_that_reaches_the_target_or_the_smallest_at_the_best_recall(
+        needs: int, flawed: bool, chosen: int, recall: float) -> None:
+    rows, queries = random_catalog()
+    index = BeamLimitedIndex(rows, needs, flawed)
+    width = tune_search_width(index, queries, exact_top(rows, queries, 10), TUNING)  # type: ignore[arg-type]
+    assert (width.ef, width.recall_at_10, index.ef) == (chosen, pytest.approx(recall), chosen)
+    assert width.short_of_target is (recall < TUNING.hnsw_recall_target)
+
+
+@pytest.mark.parametrize(("degree_needed", "built"), [(16, [16]), (32, [16, 32]), (128, [16, 32, 64])])
+def test_a_graph_no_beam_can_fix_is_rebuilt_with_a_larger_degree(
+        degree_needed: int, built: list[int], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import client.serving.retrieval as retrieval
+
+    degrees = []
+
+    def degree_limited(rows: np.ndarray, settings: ServeSettings) -> BeamLimitedIndex:
+        degrees.append(settings.hnsw_m)
+        return BeamLimitedIndex(rows, needs=0, flawed=settings.hnsw_m < degree_needed, degree=settings.hnsw_m)
+
+    monkeypatch.setattr(retrieval, "AnnIndex", degree_limited)
     rows, queries = random_catalog()
     with caplog.at_level(logging.WARNING):
-        width = tune_search_width(BeamLimitedIndex(rows, needs), rows, queries, TUNING)  # type: ignore[arg-type]
-    reachable = needs <= 100  # the widest rung: 5 x 20 candidates
-    assert width.ef == (needs if reachable else 100)
-    assert width.recall_at_10 == (1.0 if reachable else 0.0) and width.short_of_target is not reachable
-    assert ("below --hnsw-recall-target" in caplog.text) is not reachable
+        index = build_index(Growable(rows), TUNING, queries)
+    assert degrees == built and index.width is not None and index.width.degree == built[-1]
+    assert (index.width.recall_at_10 == 1.0) is (degree_needed <= 64)
+    assert ("below --hnsw-recall-target" in caplog.text) is (degree_needed > 64)
 
 
 def test_a_beam_width_set_by_hand_is_not_tuned() -> None:

@@ -112,6 +112,7 @@ class ServingInfo:
     mapping_source: str
     hnsw_ef_search: int = 0                 # 0: exact retrieval
     hnsw_recall_at_10: float | None = None  # what the tuned beam width reached on the store's shoppers
+    hnsw_m: int = 0                         # the graph degree the index was built with
 
 
 @dataclass
@@ -368,7 +369,8 @@ class Recommender:
         width = snap.index.width
         return ServingInfo(snap.model.version, len(snap.space), len(snap.model.user_row),
                            self.status.last_reload_error, snap.model.loaded_at, snap.model.mapping_source,
-                           width.ef if width else 0, width.recall_at_10 if width else None)
+                           width.ef if width else 0, width.recall_at_10 if width else None,
+                           width.degree if width else 0)
 
 
 class ServingModelLoader(Protocol):

@@ -23,7 +23,7 @@ class ServeSettings:
     candidates: int = 200            # retrieved by inner product, then re-ranked by the full NeuMF
     score_all_below: int = 256       # catalogs up to this size skip retrieval (the measured break-even)
     ann_min_items: int = 50_000      # from this catalog size on, candidates come from the HNSW index
-    hnsw_m: int = 16                 # HNSW graph degree (usearch connectivity)
+    hnsw_m: int = 16                 # HNSW graph degree (usearch connectivity); tuning may double it
     hnsw_ef_construction: int = 100  # build-time beam width
     hnsw_ef_search: int = 0          # query-time beam width >= candidates; 0 = tuned to hnsw_recall_target
     hnsw_recall_target: float = 0.97 # tuning: smallest ef whose recall@10 on the store's shoppers reaches it

@@ -113,7 +113,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoReply(_message.Message):
-    __slots__ = ("model_version", "run_dir", "catalog_size", "known_users", "last_reload_error", "loaded_at", "hnsw_ef_search", "hnsw_recall_at_10")
+    __slots__ = ("model_version", "run_dir", "catalog_size", "known_users", "last_reload_error", "loaded_at", "hnsw_ef_search", "hnsw_recall_at_10", "hnsw_m")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_DIR_FIELD_NUMBER: _ClassVar[int]
     CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class ModelInfoReply(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     HNSW_EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
     HNSW_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    HNSW_M_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     run_dir: str
     catalog_size: int
@@ -130,4 +131,5 @@ class ModelInfoReply(_message.Message):
     loaded_at: float
     hnsw_ef_search: int
     hnsw_recall_at_10: float
-    def __init__(self, model_version: _Optional[str] = ..., run_dir: _Optional[str] = ..., catalog_size: _Optional[int] = ..., known_users: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., loaded_at: _Optional[float] = ..., hnsw_ef_search: _Optional[int] = ..., hnsw_recall_at_10: _Optional[float] = ...) -> None: ...
+    hnsw_m: int
+    def __init__(self, model_version: _Optional[str] = ..., run_dir: _Optional[str] = ..., catalog_size: _Optional[int] = ..., known_users: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., loaded_at: _Optional[float] = ..., hnsw_ef_search: _Optional[int] = ..., hnsw_recall_at_10: _Optional[float] = ..., hnsw_m: _Optional[int] = ...) -> None: ...

@@ -84,7 +84,7 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
     server = start_server(recommender, settings)
     width = recommender.snapshot.index.width  # HNSW only; exact retrieval has no beam
     connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
-                     "ef_search": width.ef if width else None,
+                     "hnsw_m": width.degree if width else None, "ef_search": width.ef if width else None,
                      "in_process_p50_ms": float(np.percentile(timings, 50)),
                      "in_process_p99_ms": float(np.percentile(timings, 99))})
     cpu_started = 0.0
@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     under_goal = sum(p["p99_ms"] < P99_GOAL_MS for p in passes)
     result = {"benchmark": "serve_grpc_load", "items": ready["items"],
               "catalog": "synthetic" if args.run_dir is None else f"{args.run_dir} store {args.store}",
-              "shoppers": len(ready["users"]), "ef_search": ready["ef_search"], "requests": args.requests,
+              "shoppers": len(ready["users"]), "hnsw_m": ready["hnsw_m"], "ef_search": ready["ef_search"],
+              "requests": args.requests,
               "load": f"open loop, {args.rate:g} requests/s" if args.rate else
               f"closed loop, concurrency {args.concurrency}", "stored_reply": args.stored_reply,
               "errors": sum(p["errors"] for p in passes), **median,

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "retrieval_recall_at_10": round(recall, 4), "final_overlap_at_10": round(overlap, 4)}
         index = served.snapshot.index
         if isinstance(index, AnnIndex):
+            entry["hnsw_m"] = index.width.degree
             entry["ef_search"] = index.width.ef
             tuned = index.width.recall_at_10
             entry["ef_search_tuned_recall_at_10"] = None if tuned is None else round(tuned, 4)
