@@ -259,7 +259,7 @@ def build_index(rows: Growable, settings: ServeSettings, queries: np.ndarray) ->
              index.width.tuning_s)
     if width.short_of_target:
         log.warning("HNSW recall@10 %.3f is below --hnsw-recall-target %.3f on this model's shoppers even "
-                    "with M %d: raise --hnsw-ef-construction, or set --ann-min-items above the catalog size "
+                    "with M %d: start from a larger --hnsw-m, or set --ann-min-items above the catalog size "
                     "for exact search", width.recall_at_10, width.target, width.degree)
     return index
 
