@@ -22,17 +22,26 @@ flags, Runtime API, tokens, TLS, node authentication) except for:
    a SecAgg+ round has five request/reply stages, so those waits alone add ~15-30 s a round. They are
    capped at ``FEDREC_POLL_SECONDS`` (default ``DEFAULT_POLL_SECONDS``); SuperExec's task poll uses Flower's
    own ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``. The cost is a few more small HTTPS requests per second per node.
+3. **The app installed once per FAB.** Each task's ``flwr-clientapp`` calls Flower's ``install_from_fab``,
+   which unzips the whole FAB into a temporary directory and checks every file's hash *before* finding the
+   app already installed and discarding it: ~80 ms of every task's start here (profiled, 45 tasks of an
+   ML-100K deployment run). ``install_fabs_once`` skips that when the FAB's full SHA-256 matches the one
+   recorded (``FAB_HASH_FILE``) in the directory it was installed to; a first install, or any other FAB,
+   goes through Flower's checks as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
@@ -49,6 +58,8 @@ PULL_BACKOFF_STEPS = 4  # the object-pull backoff starts at cap / 4 and doubles 
 WARM_MODULES = ("numpy", "torch", "torch._dynamo", "opacus", "transformers", "flwr.client", "flwr.clientapp",
                 "flwr.server", "flwr.supernode.cli.flwr_clientapp", "flwr.superlink.cli.flwr_serverapp")
 WARM_APP_ENV = "FEDREC_WARM_APP"
+FAB_HASH_FILE = ".fedrec-fab-sha256"  # the full SHA-256 of the FAB an app directory was installed from
+FAB_INSTALLERS = ("flwr.supernode.runtime.run_clientapp",)  # modules whose ``install_from_fab`` is wrapped
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
@@ -86,6 +97,37 @@ def install_fast_polling(cap: float) -> None:
             if defaults.get("max_tries_per_object"):  # same patience in seconds: max_time still bounds it
                 defaults["max_tries_per_object"] = int(defaults["max_tries_per_object"] * old_cap
                                                        / defaults["backoff_cap"])
+
+
+def installed_once(install: Callable[..., Path]) -> Callable[..., Path]:
+    """``install`` (Flower's ``install_from_fab``), skipped for a FAB already installed and recorded so."""
+
+    def install_or_reuse(fab_file: Path | bytes, install_dir: Path | None = None,
+                         skip_prompt: bool = False) -> Path:
+        if not isinstance(fab_file, bytes):
+            return install(fab_file, install_dir, skip_prompt)
+        from flwr.common.constant import APP_DIR, FAB_HASH_TRUNCATION
+        from flwr.supercore.utils import get_flwr_home
+
+        digest = hashlib.sha256(fab_file).hexdigest()
+        apps = (install_dir.expanduser() if install_dir else get_flwr_home()) / APP_DIR
+        for path in apps.glob(f"*.{digest[:FAB_HASH_TRUNCATION]}"):
+            recorded = path / FAB_HASH_FILE
+            if recorded.is_file() and recorded.read_text() == digest:
+                return path
+        path = install(fab_file, install_dir, skip_prompt)
+        marker = path / f"{FAB_HASH_FILE}.{os.getpid()}"
+        marker.write_text(digest)
+        marker.replace(path / FAB_HASH_FILE)  # atomic: a reader sees the whole digest or no file
+        return path
+
+    return install_or_reuse
+
+
+def install_fabs_once() -> None:
+    for name in FAB_INSTALLERS:
+        module = importlib.import_module(name)
+        module.install_from_fab = installed_once(module.install_from_fab)  # type: ignore[attr-defined]
 
 
 def _preload() -> None:
@@ -185,6 +227,7 @@ def run_superexec(argv: list[str]) -> None:
     os.environ.setdefault(SUPEREXEC_POLL_ENV, str(poll_seconds()))
     _preload()
     install_fast_polling(poll_seconds())
+    install_fabs_once()
     run_module = importlib.import_module("flwr.supercore.superexec.run_superexec")
 
     def get_executor(*_args: object, **_kwargs: object) -> ForkExecutor:

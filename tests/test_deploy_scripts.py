@@ -198,3 +198,27 @@ def test_the_ml100k_deployment_workload_deals_whole_stores_to_three_partners(
         assert len({partner_of[u] for u, s in store_of.items() if s == store}) == 1
     assert (out / "interactions.csv").read_bytes() == (source / "interactions.csv").read_bytes()
     assert len(split_partners(out, tmp_path / "mounts")) == len(deploy_round.PARTNERS)
+
+
+def test_an_installed_fab_is_not_unpacked_again_but_any_other_fab_is(tmp_path: Path) -> None:
+    """Flower's ``install_from_fab`` unzips and hash-checks the whole FAB on every task; the wrapper reuses
+    the directory a FAB with the same full SHA-256 was installed to, and installs any other FAB as before."""
+    import hashlib
+
+    installs = []
+
+    def install(fab: bytes, install_dir: Path | None = None, skip_prompt: bool = False) -> Path:
+        installs.append(fab)
+        path = tmp_path / "apps" / f"fedrec.fedrec.1.0.{hashlib.sha256(fab).hexdigest()[:8]}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    install_or_reuse = warm_flower.installed_once(install)
+    first = install_or_reuse(b"fab one", tmp_path, True)
+    assert install_or_reuse(b"fab one", tmp_path, True) == first and installs == [b"fab one"]
+    assert (first / warm_flower.FAB_HASH_FILE).read_text() == hashlib.sha256(b"fab one").hexdigest()
+    install_or_reuse(b"fab two", tmp_path, True)
+    assert installs == [b"fab one", b"fab two"]
+    (first / warm_flower.FAB_HASH_FILE).write_text("0" * 64)  # a directory whose record does not match
+    install_or_reuse(b"fab one", tmp_path, True)
+    assert installs == [b"fab one", b"fab two", b"fab one"]
