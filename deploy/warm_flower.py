@@ -115,10 +115,10 @@ def installed_once(install: Callable[..., Path]) -> Callable[..., Path]:
             recorded = path / FAB_HASH_FILE
             if recorded.is_file() and recorded.read_text() == digest:
                 return path
+        from shared.atomic import write_atomic
+
         path = install(fab_file, install_dir, skip_prompt)
-        marker = path / f"{FAB_HASH_FILE}.{os.getpid()}"
-        marker.write_text(digest)
-        marker.replace(path / FAB_HASH_FILE)  # atomic: a reader sees the whole digest or no file
+        write_atomic(path / FAB_HASH_FILE, lambda fh: fh.write(digest.encode()))  # whole digest or no file
         return path
 
     return install_or_reuse
