@@ -51,6 +51,12 @@ def mean_call_us(recommender: Recommender, users: list[str], calls: int) -> floa
     return best
 
 
+def timing_fields(timings: dict[str, float]) -> dict[str, float]:
+    """µs per call both ways, and their ratio (from the unrounded timings)."""
+    return {**{f"{way}_us": round(us, 1) for way, us in timings.items()},
+            "score_all_over_two_stage": round(timings["score_all"] / timings["two_stage"], 2)}
+
+
 def synthetic_sizes(sizes: list[int], calls: int) -> list[dict[str, Any]]:
     rows = []
     users = [f"u{n}" for n in np.random.default_rng(0).integers(0, USERS, WARMUP + calls)]
@@ -60,8 +66,7 @@ def synthetic_sizes(sizes: list[int], calls: int) -> list[dict[str, Any]]:
                                                            ServeSettings(port=0, score_all_below=limit)),
                                      users, calls)
                    for way, limit in WAYS.items()}
-        rows.append({"items": size, **{f"{way}_us": round(us, 1) for way, us in timings.items()},
-                     "score_all_over_two_stage": round(timings["score_all"] / timings["two_stage"], 2)})
+        rows.append({"items": size, **timing_fields(timings)})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -90,8 +95,7 @@ def trained_model(run_dir: Path, calls: int) -> dict[str, Any]:
             "mean_overlap_at_10": round(float(np.mean(overlap)), 4),
             "min_overlap_at_10": round(float(np.min(overlap)), 4),
             "identical_lists": round(float(np.mean(identical)), 4),
-            **{f"{way}_us": round(us, 1) for way, us in timings.items()},
-            "score_all_over_two_stage": round(timings["score_all"] / timings["two_stage"], 2)}
+            **timing_fields(timings)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
