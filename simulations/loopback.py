@@ -23,7 +23,7 @@ from shared import keys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 from split_partners import split_partners
 
-__all__ = ["Deployment", "split_partners"]
+__all__ = ["Deployment", "ProcessExited", "split_partners"]
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -32,11 +32,17 @@ WARM_FLOWER = REPO / "deploy" / "warm_flower.py"
 FEDERATION = "fedrec"
 READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
+WATCH_INTERVAL_S = 0.5  # how often a run checks that the processes it needs are still there
+LOG_TAIL_CHARS = 3000
 REGISTERED = re.compile(r"SuperNode (\d+) registered")
 # docker-compose.yml ``serverapp`` environment: the ServerApp preloaded (this checkout is the app ``flwr run``
 # ships), and Flower's own 1 s SuperExec poll: this SuperExec only waits for new runs, and each of its polls
 # is an HTTPS request the SuperLink pays ~15 ms of CPU for (docs/results.md, "Deployment round").
 SERVERAPP_ENV = {"FEDREC_WARM_APP": "server.app", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
+
+
+class ProcessExited(RuntimeError):
+    """A process the run needed exited before the run ended."""
 
 
 def free_port() -> int:
@@ -178,10 +184,43 @@ class Deployment:
             raise RuntimeError(f"register {name} failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
         return int(match.group(1))
 
-    def run(self, overrides: str, timeout: float) -> subprocess.CompletedProcess:
-        """``flwr run .`` of the main job, streamed until it ends."""
-        return subprocess.run(self.run_command(overrides), cwd=self.root, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
+    def run(self, overrides: str, timeout: float, watch: bool = False) -> subprocess.CompletedProcess:
+        """``flwr run .`` of the main job, streamed until it ends.
+
+        A run waits for its stores as long as it takes, so a partner that died at start-up (a bad mount, a
+        broken install) held the caller for the whole ``timeout``. With ``watch``, every process of this
+        deployment that is up when the run starts must stay up: when one exits first, the run is stopped and
+        ``ProcessExited`` says which, with what code, and how its log ends.
+        """
+        must_stay_up = [name for name, p in self.processes.items() if p.poll() is None] if watch else []
+        out, err = self.logs / "flwr-run.out", self.logs / "flwr-run.err"
+        with out.open("w") as out_file, err.open("w") as err_file:
+            process = subprocess.Popen(self.run_command(overrides), cwd=self.root, env=self.env,
+                                       stdout=out_file, stderr=err_file)
+            deadline = time.monotonic() + timeout
+            try:
+                while True:
+                    try:
+                        process.wait(timeout=min(WATCH_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+                        break
+                    except subprocess.TimeoutExpired:
+                        self._check_still_up(must_stay_up)
+                        if time.monotonic() >= deadline:
+                            raise subprocess.TimeoutExpired(process.args, timeout) from None
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        return subprocess.CompletedProcess(process.args, process.returncode, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))
+
+    def _check_still_up(self, names: list[str]) -> None:
+        for name in names:
+            code = self.processes[name].poll()
+            if code is not None:
+                tail = self.log(name)[-LOG_TAIL_CHARS:]
+                raise ProcessExited(f"{name} exited with code {code} before the run ended; "
+                                    f"{self.logs / f'{name}.log'} ends with:\n{tail}")
 
     # -- partners --------------------------------------------------------------------------------------------
     def start_partner(self, name: str, data_dir: Path, store: int, ca: Path | None = None,

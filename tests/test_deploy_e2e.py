@@ -106,7 +106,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory,
 
 def run(federation: Deployment, dataset: Path, run_dir: Path, rounds: int, extra: str = "") -> dict:
     overrides = f"{RUN_CONFIG} dataset='{dataset}' run-dir='{run_dir}' num-rounds={rounds} {extra}"
-    done = federation.run(overrides, timeout=RUN_TIMEOUT_S)
+    done = federation.run(overrides, timeout=RUN_TIMEOUT_S, watch=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     return json.loads((run_dir / "summary.json").read_text())
 

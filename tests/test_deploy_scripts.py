@@ -7,13 +7,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client.app import partner_state_dir
 from server.strategy import minimum_stores
-from simulations.loopback import split_partners
+from simulations.loopback import Deployment, ProcessExited, split_partners
 from tests.conftest import TINY_STORES, TINY_USERS, tiny_config, write_tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,3 +223,40 @@ def test_an_installed_fab_is_not_unpacked_again_but_any_other_fab_is(tmp_path: P
     (first / warm_flower.FAB_HASH_FILE).write_text("0" * 64)  # a directory whose record does not match
     install_or_reuse(b"fab one", tmp_path, True)
     assert installs == [b"fab one", b"fab two", b"fab one"]
+
+
+def python_command(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+@pytest.fixture
+def stand_in_deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    """A Deployment whose processes and ``flwr run`` are stand-ins, so ``run``'s watch is seen in seconds."""
+    deployment = Deployment(tmp_path)
+    monkeypatch.setattr(Deployment, "run_command", lambda _self, overrides: python_command(overrides))
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+def test_a_watched_run_stops_as_soon_as_a_process_it_needs_exits(stand_in_deployment: Deployment) -> None:
+    stand_in_deployment.start("superlink", python_command("import time; time.sleep(60)"))
+    stand_in_deployment.start("partner-1", python_command(
+        "import sys, time; time.sleep(1); print('data mount /data: not a directory', flush=True); "
+        "sys.exit(2)"))
+    started = time.monotonic()
+    with pytest.raises(ProcessExited, match=r"(?s)partner-1 exited with code 2 .*data mount /data: not a"):
+        stand_in_deployment.run("import time; time.sleep(60)", timeout=120, watch=True)
+    assert time.monotonic() - started < 30  # not the run's 120 s
+    assert stand_in_deployment.processes["superlink"].poll() is None  # only the run was stopped
+
+
+def test_a_run_returns_what_flwr_run_printed_and_times_out_like_subprocess_run(
+        stand_in_deployment: Deployment) -> None:
+    stand_in_deployment.start("partner-1", python_command("import sys; sys.exit(2)"))  # down before the run
+    stand_in_deployment.processes["partner-1"].wait()
+    done = stand_in_deployment.run("import sys; print('run finished'); sys.exit(3)", timeout=60, watch=True)
+    assert (done.returncode, done.stdout.strip()) == (3, "run finished")
+    with pytest.raises(subprocess.TimeoutExpired):
+        stand_in_deployment.run("import time; time.sleep(60)", timeout=1)

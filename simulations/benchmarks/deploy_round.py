@@ -87,7 +87,7 @@ def run_deployment(root: Path, dataset: Path, values: dict[str, Any],
             deployment.register(name)
             deployment.start_partner(name, data_dir, store)
         overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in {**values, "run-dir": str(run_dir)}.items())
-        done = deployment.run(overrides, timeout=RUN_TIMEOUT_S)
+        done = deployment.run(overrides, timeout=RUN_TIMEOUT_S, watch=True)
         if done.returncode != 0 or not (run_dir / "summary.json").exists():
             raise RuntimeError(f"deployment run failed: {done.stdout[-3000:]}{done.stderr[-3000:]}")
     finally:
