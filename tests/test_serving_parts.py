@@ -29,6 +29,7 @@ from client.serving.retrieval import (
     SharedExclusiveLock,
     build_index,
     exact_top,
+    locality_order,
     recall_at_k,
     retrieval_query,
     top_indices,
@@ -150,13 +151,31 @@ def random_catalog(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
             rng.normal(size=(RECALL_QUERIES, 9)).astype(np.float32))
 
 
-def test_ann_recall_at_10_against_exact_search() -> None:
+@pytest.mark.parametrize("order_clusters", [0, 64])  # catalog order; grouped (keys must stay the row numbers)
+def test_ann_recall_at_10_against_exact_search(order_clusters: int) -> None:
     rows, queries = random_catalog()
-    exact, ann = ExactIndex(Growable(rows)), AnnIndex(rows, ServeSettings(index_threads=1))
+    exact = ExactIndex(Growable(rows))
+    ann = AnnIndex(rows, ServeSettings(index_threads=1, hnsw_order_clusters=order_clusters))
     by_hand = np.mean([len(set(exact.search(q, 10, RECALL_ITEMS)) & set(ann.search(q, 10, RECALL_ITEMS))) / 10
                        for q in queries])
     assert recall_at_k(ann, queries, exact_top(rows, queries, 10), RECALL_ITEMS) == pytest.approx(by_hand)
     assert by_hand >= RECALL_GOAL
+
+
+def test_the_insertion_order_puts_nearby_items_next_to_each_other() -> None:
+    rng = np.random.default_rng(3)
+    centers = rng.normal(scale=10.0, size=(12, 9))
+    rows = (centers[rng.integers(0, len(centers), 3000)] + rng.normal(size=(3000, 9))).astype(np.float32)
+    order = locality_order(rows, 24, seed=0)
+
+    def mean_step(ordered: np.ndarray) -> float:  # distance between items stored next to each other
+        return float(np.linalg.norm(np.diff(ordered, axis=0), axis=1).mean())
+
+    assert sorted(order.tolist()) == list(range(len(rows)))
+    assert mean_step(rows[order]) < 0.4 * mean_step(rows)
+    assert np.array_equal(order, locality_order(rows, 24, seed=0))  # seeded: the same index every start
+    assert np.array_equal(locality_order(rows, 0, seed=0), np.arange(len(rows)))   # turned off
+    assert np.array_equal(locality_order(rows[:20], 24, seed=0), np.arange(20))    # fewer rows than clusters
 
 
 TUNING = ServeSettings(max_k=10, candidates=20, index_threads=1, ann_min_items=1)
@@ -283,6 +302,8 @@ def test_settings_name_the_flag_out_of_range() -> None:
         ServeSettings(candidates=200, hnsw_ef_search=100)
     with pytest.raises(SettingsError, match="--hnsw-recall-target"):
         ServeSettings(hnsw_recall_target=1.5)
+    with pytest.raises(SettingsError, match="--hnsw-order-clusters"):
+        ServeSettings(hnsw_order_clusters=-1)
 
 
 def test_serve_on_a_directory_that_is_no_run_says_which_file(tmp_path: Path,

@@ -26,6 +26,7 @@ HELP = {
     "hnsw_ef_search": "HNSW query beam width (recall vs latency); 0 = tuned to --hnsw-recall-target",
     "hnsw_recall_target": "recall@10 against exact search that the tuned beam width must reach",
     "hnsw_tuning_queries": "store shoppers whose queries tune the beam width",
+    "hnsw_order_clusters": "k-means clusters that group items in the HNSW index's memory (0 = catalog order)",
     "index_threads": "threads building the index",
     "reload_interval_s": "seconds between checks for a newly published model",
     "max_text_chars": "longer item / query text is truncated",

@@ -40,6 +40,10 @@ RECALL_K = 10                                  # the recall@10 the tuning and th
 SEARCH_WIDTH_STEPS = (1.0, 1.5, 2.0, 3.0, 5.0)  # ef-search rungs tried, as multiples of the candidate pool
 DEGREE_STEPS = (1, 2, 4)                       # graph degrees tried, × --hnsw-m (each one a rebuild)
 TRUTH_CHUNK = 16                               # queries per exact product: 16 x 1M items x 4 B = 64 MB
+ORDER_SAMPLE = 20_000                          # rows the insertion order's k-means centroids are fitted on
+ORDER_ITERATIONS = 8                           # Lloyd iterations: a rough grouping is all locality needs
+ASSIGN_CHUNK = 16_384                          # rows per distance block: 16k x 512 centroids x 4 B = 32 MB
+BACKBONE_SHARE = 0.1                           # of the rows, added first in random order (locality_order)
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +165,8 @@ class AnnIndex:
                             connectivity=settings.hnsw_m, expansion_add=settings.hnsw_ef_construction,
                             expansion_search=self.width.ef)
         if len(rows):
-            self._index.add(np.arange(len(rows)), np.ascontiguousarray(rows, dtype=FLOAT),
+            order = locality_order(rows, settings.hnsw_order_clusters, settings.seed)
+            self._index.add(order, np.ascontiguousarray(rows[order], dtype=FLOAT),
                             threads=settings.index_threads)
         self._lock = SharedExclusiveLock()
 
@@ -188,6 +193,50 @@ class AnnIndex:
         """Change ef-search on the built index (the benchmark sweeps it without rebuilding)."""
         with self._lock.exclusive():
             self._index.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter; mypy misreads it
+
+
+def locality_order(rows: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """The order in which to add ``rows`` to HNSW (the keys stay the row numbers): a seeded random tenth of
+    them first, then the rest grouped by k-means cluster.
+
+    Why grouped: usearch lays nodes out in insertion order, and a search reads the vector and links of every
+    node it visits. Added in catalog order, neighbours in the collaborative space lie anywhere in tens or
+    hundreds of MB; under load, with gRPC and the load generator sharing the caches, a 200-candidate search
+    at 100k items cost 245 µs of CPU against ~100 µs in a tight loop. Grouped, nearby items sit together.
+    Why the random tenth first: a graph built in cluster order alone lost recall at 1M items (recall@10
+    0.944 against 0.973 at ef 200, M 16), as each cluster was linked only to the clusters inserted before
+    it; a random backbone keeps the long-range links. Measured on the synthetic catalogs (docs/serving.md,
+    session 13): at 1M items build 33 s against 71 s, search 268 against 301 µs in a tight loop and 390
+    against 517 µs with the caches flushed between queries, recall@10 0.974 against 0.973.
+    """
+    n = len(rows)
+    if clusters < 2 or n <= clusters:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    sample = np.asarray(rows[np.sort(rng.choice(n, min(n, ORDER_SAMPLE), replace=False))], dtype=FLOAT)
+    centroids = sample[rng.choice(len(sample), clusters, replace=False)].copy()
+    for _ in range(ORDER_ITERATIONS):
+        nearest = nearest_centroid(sample, centroids)
+        counts = np.bincount(nearest, minlength=clusters)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, nearest, sample)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled, None]
+    grouped = np.argsort(nearest_centroid(rows, centroids), kind="stable")
+    backbone = rng.choice(n, int(n * BACKBONE_SHARE), replace=False)
+    rest = np.ones(n, dtype=bool)
+    rest[backbone] = False
+    return np.concatenate([backbone, grouped[rest[grouped]]])
+
+
+def nearest_centroid(rows: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest centroid (squared L2), in blocks of ``ASSIGN_CHUNK`` rows."""
+    out = np.empty(len(rows), dtype=np.int64)
+    norms = (centroids**2).sum(axis=1)
+    for start in range(0, len(rows), ASSIGN_CHUNK):
+        block = np.asarray(rows[start:start + ASSIGN_CHUNK], dtype=FLOAT)
+        out[start:start + len(block)] = (norms - 2.0 * block @ centroids.T).argmin(axis=1)
+    return out
 
 
 def exact_top(rows: np.ndarray, queries: np.ndarray, count: int) -> np.ndarray:

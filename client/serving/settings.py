@@ -28,6 +28,7 @@ class ServeSettings:
     hnsw_ef_search: int = 0          # query-time beam width >= candidates; 0 = tuned to hnsw_recall_target
     hnsw_recall_target: float = 0.97 # tuning: smallest ef whose recall@10 on the store's shoppers reaches it
     hnsw_tuning_queries: int = 200   # tuning: shoppers sampled (their exact top-10 is computed once)
+    hnsw_order_clusters: int = 512   # items enter HNSW grouped by k-means cluster (memory locality); 0 = off
     index_threads: int = 2           # threads used to build the index
     reload_interval_s: float = 5.0   # how often the run dir and store state are checked for a new model
     max_text_chars: int = 4096       # longer AddItem / query text is truncated (the encoder reads 256 tokens)
@@ -46,8 +47,9 @@ class ServeSettings:
                 raise SettingsError(f"{flag(name)}: {getattr(self, name)} must be >= 1")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"{flag('port')}: {self.port} is not a TCP port (0 = ephemeral)")
-        if self.refresh_steps < 0 or self.score_all_below < 0:
-            raise SettingsError(f"{flag('refresh_steps')} and {flag('score_all_below')} must be >= 0")
+        for name in ("refresh_steps", "score_all_below", "hnsw_order_clusters"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{flag(name)}: {getattr(self, name)} must be >= 0")
         if self.reload_interval_s <= 0 or self.refresh_learning_rate <= 0 or self.mapping_ridge < 0:
             raise SettingsError(f"{flag('reload_interval_s')} and {flag('refresh_learning_rate')} must be "
                                 f"> 0, {flag('mapping_ridge')} >= 0")

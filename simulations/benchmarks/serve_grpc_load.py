@@ -12,6 +12,7 @@ move a single pass's p99 by ±40 % from one minute to the next. Ends with one JS
 
     .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000 | --run-dir DIR --store S] \
         [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply] [--ef-search 0] [--passes 1]
+        [--order-clusters N]
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def build_recommender(catalog: Catalog, settings: ServeSettings) -> Recommender:
 
 
 def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool = False,
-                  ef_search: int = 0) -> None:
+                  ef_search: int = 0, order_clusters: int | None = None) -> None:
     """Child process: build the recommender, time it in-process, serve until told to stop. With
     ``stored_reply`` every request gets one reply computed at start-up: what gRPC alone costs (the floor)."""
     from client.serving.service import start_server
@@ -69,6 +70,8 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
 
     limit_math_threads()
     settings = ServeSettings(port=0, hnsw_ef_search=ef_search)
+    if order_clusters is not None:
+        settings = settings.replace(hnsw_order_clusters=order_clusters)
     recommender = build_recommender(catalog, settings)
     users = sorted(recommender.snapshot.model.user_row)
     rng = np.random.default_rng(1)
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the server answers every request with one stored reply: gRPC's own cost")
     parser.add_argument("--ef-search", type=int, default=0,
                         help="the server's --hnsw-ef-search (0, the default: tuned at start-up)")
+    parser.add_argument("--order-clusters", type=int,
+                        help="the server's --hnsw-order-clusters (default: the service's; 0 = catalog order)")
     parser.add_argument("--passes", type=int, default=1,
                         help="run the load N times against the one server; report each and the medians")
     args = parser.parse_args(argv)
@@ -198,8 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     catalog = Catalog(args.items, args.run_dir, args.store)
-    server = context.Process(target=serve_catalog, args=(catalog, child, args.stored_reply, args.ef_search),
-                             daemon=True)
+    server = context.Process(target=serve_catalog, daemon=True,
+                             args=(catalog, child, args.stored_reply, args.ef_search, args.order_clusters))
     server.start()
     ready = parent.recv()
     passes = []

@@ -7,6 +7,7 @@ one, same query) and the top-10 overlap of the two final lists. Synthetic cluste
 
     .venv/bin/python -m simulations.benchmarks.serve_latency [--sizes 10000 100000 1000000] [--queries 2000]
         [--hnsw-m 16] [--ef-construction 100] [--ef-search 0 (tuned)] [--ef-sweep 200 400 800]
+        [--order-clusters 512 | 0]
 """
 
 from __future__ import annotations
@@ -67,16 +68,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ef-search", type=int, default=ServeSettings().hnsw_ef_search)
     parser.add_argument("--hnsw-m", type=int, default=ServeSettings().hnsw_m)
     parser.add_argument("--ef-construction", type=int, default=ServeSettings().hnsw_ef_construction)
+    parser.add_argument("--order-clusters", type=int, default=ServeSettings().hnsw_order_clusters,
+                        help="k-means clusters grouping the index's items in memory (0 = catalog order)")
     parser.add_argument("--ef-sweep", type=int, nargs="*", default=[],
                         help="also measure these ef-search values on the same index (recall, p50/p99)")
     args = parser.parse_args(argv)
     limit_math_threads()
     rng = np.random.default_rng(0)
     settings = ServeSettings(hnsw_ef_search=args.ef_search, hnsw_m=args.hnsw_m,
-                             hnsw_ef_construction=args.ef_construction)
+                             hnsw_ef_construction=args.ef_construction,
+                             hnsw_order_clusters=args.order_clusters)
     result: dict[str, Any] = {"benchmark": "serve_latency", "k": K, "settings": {
         "candidates": settings.candidates, "ann_min_items": settings.ann_min_items, "hnsw_m": settings.hnsw_m,
-        "hnsw_ef_construction": settings.hnsw_ef_construction, "hnsw_ef_search": settings.hnsw_ef_search}}
+        "hnsw_ef_construction": settings.hnsw_ef_construction, "hnsw_ef_search": settings.hnsw_ef_search,
+        "hnsw_order_clusters": settings.hnsw_order_clusters}}
     for size in args.sizes:
         model, text = synthetic_model(size)
         started = time.perf_counter()
