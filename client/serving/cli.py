@@ -35,7 +35,7 @@ HELP = {
     "explain_items": "past items named per recommendation (explain)",
     "mapping_ridge": "ridge of the text -> item map fitted when the run has no cold_start.npz",
     "workers": "threads for the slow requests (text encoding, click log and refit)",
-    "seed": "seed of the online refit's negatives",
+    "seed": "seed of the online refit's negatives, the index's insertion order and its tuning sample",
 }
 
 

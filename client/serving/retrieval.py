@@ -205,7 +205,7 @@ def locality_order(rows: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     at 100k items cost 245 µs of CPU against ~100 µs in a tight loop. Grouped, nearby items sit together.
     Why a random share first: a graph built in cluster order alone lost recall at 1M items (recall@10
     0.944 against 0.973 at ef 200, M 16), as each cluster was linked only to the clusters inserted before
-    it; a random backbone keeps the long-range links (0.976 with 2 %, 5 % or 10 % of the rows). Measured on
+    it; a random backbone keeps the long-range links (0.974–0.976 with 2, 5 or 10 % of the rows). Measured on
     the synthetic catalogs (docs/serving.md, session 13): at 1M items the service builds its index in 33 s
     against 71–77 s, and serves p50 / p99 0.46 / 0.79 ms against 0.64 / 1.03 ms, at recall@10 0.980.
     """

@@ -37,7 +37,7 @@ class ServeSettings:
     explain_items: int = 2           # past items named per recommendation when explain = true
     mapping_ridge: float = 1.0       # ridge of the text -> item map fitted when cold_start.npz is absent
     workers: int = 8                 # threads for slow requests (encoding, click log); ranking: the loop
-    seed: int = 0                    # negatives of the online refit
+    seed: int = 0                    # online refit's negatives, index insertion order, tuning sample
 
     def __post_init__(self) -> None:
         positive = ("max_k", "candidates", "hnsw_m", "hnsw_ef_construction", "hnsw_tuning_queries",
