@@ -240,7 +240,8 @@ def test_a_graph_no_beam_can_fix_is_rebuilt_with_a_larger_degree(
 
     degrees = []
 
-    def degree_limited(rows: np.ndarray, settings: ServeSettings) -> BeamLimitedIndex:
+    def degree_limited(rows: np.ndarray, settings: ServeSettings, order: np.ndarray) -> BeamLimitedIndex:
+        assert len(order) == len(rows)  # the insertion order, computed once for every rebuild
         degrees.append(settings.hnsw_m)
         return BeamLimitedIndex(rows, needs=0, flawed=settings.hnsw_m < degree_needed, degree=settings.hnsw_m)
 

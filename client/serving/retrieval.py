@@ -156,7 +156,8 @@ class AnnIndex:
     may grow the index) takes the lock exclusively for its ~1 ms.
     """
 
-    def __init__(self, rows: np.ndarray, settings: ServeSettings) -> None:
+    def __init__(self, rows: np.ndarray, settings: ServeSettings, order: np.ndarray | None = None) -> None:
+        """``order``: the rows' insertion order (``locality_order``), when the caller already has it."""
         from usearch.index import Index
 
         self.settings = settings
@@ -165,7 +166,8 @@ class AnnIndex:
         self._index = Index(ndim=int(rows.shape[1]), metric="ip", dtype="f32",
                             connectivity=settings.hnsw_m, expansion_add=settings.hnsw_ef_construction,
                             expansion_search=self.width.ef)
-        order = locality_order(rows, settings.hnsw_order_clusters, settings.seed)
+        if order is None:
+            order = locality_order(rows, settings.hnsw_order_clusters, settings.seed)
         for start in range(0, len(order), ADD_CHUNK):  # reordered rows are copied a chunk at a time
             keys = order[start:start + ADD_CHUNK]
             self._index.add(keys, np.ascontiguousarray(rows[keys], dtype=FLOAT),
@@ -297,10 +299,11 @@ def build_index(rows: Growable, settings: ServeSettings, queries: np.ndarray) ->
         return AnnIndex(rows.view(), settings)
     started = time.perf_counter()
     truth = exact_top(rows.view(), queries, RECALL_K)
+    order = locality_order(rows.view(), settings.hnsw_order_clusters, settings.seed)  # once for every rebuild
     first_build_s = 0.0  # what building the index costs anyway; the rest is the tuning's cost
     for step in DEGREE_STEPS:
         built = time.perf_counter()
-        index = AnnIndex(rows.view(), settings.replace(hnsw_m=settings.hnsw_m * step))
+        index = AnnIndex(rows.view(), settings.replace(hnsw_m=settings.hnsw_m * step), order)
         first_build_s = first_build_s or time.perf_counter() - built
         width = tune_search_width(index, queries, truth, settings)
         if not width.short_of_target:
