@@ -20,8 +20,7 @@ from client.secagg_rounding import rounding_seed, seeded_global_numpy
 from client.store import StoreClient, StoreData, store_data
 from shared import secagg
 from shared.config import RunConfig, from_mapping
-from shared.split import sampled_negatives
-from shared.workload import NUM_EVAL_NEGATIVES, catalog_features, dataset_and_split
+from shared.workload import partner_workload
 
 SECAGG_RECORD = "secaggplus_configs"
 PARTNER_RUNS_DIR = "runs"
@@ -33,9 +32,8 @@ def client_fn(context: Context, config: RunConfig | None = None) -> Client:
     node = context.node_config
     store = node_store(context)
     if "data-dir" in node:  # a partner site: its own data, all of it
-        dataset, split = dataset_and_split(str(node["data-dir"]))
-        data = StoreData(split, sampled_negatives(split, config.eval_seed, NUM_EVAL_NEGATIVES),
-                         catalog_features(config, dataset), dataset.item_ids)
+        workload, features = partner_workload(str(node["data-dir"]), config)
+        data = StoreData(workload.split, workload.negatives, features, workload.dataset.item_ids)
     else:
         data = store_data(config, store)
     state_root = str(node.get("state-dir", "") or config.state_dir)
@@ -54,10 +52,11 @@ def node_store(context: Context) -> int:
 
 def warm() -> None:
     """Called by deploy/warm_flower.py once in the partner's SuperExec, before any ClientApp is forked: the
-    partner's dataset and split are then in memory for every message (``dataset_and_split``)."""
+    partner's data, split, evaluation candidates and catalog features (for the default run settings) are then
+    in memory for every message (``partner_workload``)."""
     data_dir = os.environ.get(WARM_DATA_ENV)
     if data_dir:
-        dataset_and_split(data_dir)
+        partner_workload(data_dir, from_mapping({}))
 
 
 def partner_state_dir(state_root: Path, config: RunConfig, run_id: int) -> Path:

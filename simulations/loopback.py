@@ -38,7 +38,10 @@ REGISTERED = re.compile(r"SuperNode (\d+) registered")
 # docker-compose.yml ``serverapp`` environment: the ServerApp preloaded (this checkout is the app ``flwr run``
 # ships), and Flower's own 1 s SuperExec poll: this SuperExec only waits for new runs, and each of its polls
 # is an HTTPS request the SuperLink pays ~15 ms of CPU for (docs/results.md, "Deployment round").
-SERVERAPP_ENV = {"FEDREC_WARM_APP": "server.app", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0"}
+# The SuperLink holds empty pulls (deploy/long_poll.py); the ServerApp side is told so by the same setting.
+LONG_POLL_ENV = "FEDREC_LONG_POLL_SECONDS"
+SERVERAPP_ENV = {"FEDREC_WARM_APP": "server.app", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "1.0",
+                 LONG_POLL_ENV: "2.0"}
 
 
 class ProcessExited(RuntimeError):
@@ -62,10 +65,11 @@ def wait_for_port(port: int, timeout: float = READY_TIMEOUT_S) -> None:
 
 
 def superlink_command(secrets: Path, port: int, database: Path | None) -> list[str]:
-    """docker-compose.yml ``superlink`` (paths differ: /run/fedrec/secrets there). ``database`` None keeps
-    Flower's in-memory state instead (faster, but node registrations do not survive a SuperLink restart)."""
+    """docker-compose.yml ``superlink``: Flower's SuperLink, holding empty pulls (deploy/long_poll.py); paths
+    differ (/run/secrets there). ``database`` None keeps Flower's in-memory state instead (faster, but node
+    registrations do not survive a SuperLink restart)."""
     state = [] if database is None else ["--database", str(database)]
-    return [str(BIN / "flower-superlink"),
+    return [sys.executable, str(WARM_FLOWER), "superlink",
             "--ssl-ca-certfile", str(secrets / keys.CA_CERT_FILE),
             "--ssl-certfile", str(secrets / keys.SUPERLINK_CERT_FILE),
             "--ssl-keyfile", str(secrets / keys.SUPERLINK_KEY_FILE),
@@ -160,8 +164,10 @@ class Deployment:
         wait_for_port(self.port)
 
     def start_serverapp_side(self) -> None:
-        """As in docker-compose.yml (``SERVERAPP_ENV``)."""
-        self.start("serverapp", serverapp_command(self.secrets, self.port), SERVERAPP_ENV)
+        """As in docker-compose.yml (``SERVERAPP_ENV``); a long-poll setting in this process's environment (a
+        benchmark's, 0 to compare without) applies to the SuperLink and the ServerApp side alike."""
+        override = {LONG_POLL_ENV: os.environ[LONG_POLL_ENV]} if LONG_POLL_ENV in os.environ else {}
+        self.start("serverapp", serverapp_command(self.secrets, self.port), {**SERVERAPP_ENV, **override})
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         return subprocess.run(self.flwr_command(*args), cwd=self.root, env=self.env, capture_output=True,

@@ -12,6 +12,7 @@ directory and must then all exist.
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import json
 import re
@@ -212,6 +213,24 @@ def test_images_are_built_from_dockerfiles_whose_sources_exist() -> None:
             if line.startswith("COPY") and "--from=" not in line:
                 sources = [t for t in line.split()[1:-1] if not t.startswith("--")]
                 assert all((REPO / s).exists() for s in sources), f"{dockerfile}: {line}"
+
+
+def test_images_copy_every_deploy_module_their_entry_scripts_import() -> None:
+    """deploy/ scripts import each other by name (``import long_poll``): an image without one cannot start."""
+    local = {p.stem for p in (REPO / "deploy").glob("*.py")}
+    needed = {"warm_flower", "partner"}
+    for script in sorted(needed):
+        tree = ast.parse((REPO / "deploy" / f"{script}.py").read_text())
+        needed |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names if alias.name in local}
+        needed |= {node.module for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.module in local}
+    assert "long_poll" in needed
+    for dockerfile in ("server/Dockerfile", "client/Dockerfile"):
+        lines = (REPO / dockerfile).read_text().splitlines()
+        copied = {Path(t).stem for line in lines if line.startswith("COPY")
+                  for t in line.split() if t.startswith("deploy/")}
+        assert needed <= copied, f"{dockerfile}: does not copy {sorted(needed - copied)}"
 
 
 def test_no_key_material_can_enter_an_image() -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from client.app import partner_state_dir
@@ -143,27 +144,42 @@ def test_partner_data_is_built_once_and_rebuilt_when_the_files_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import client.app as client_app
     import shared.workload as workload
+    from shared.config import from_mapping
 
     data_dir = write_tiny_dataset(tmp_path / "data")
     builds: list[str] = []
+    encodings: list[int] = []
     real_load = workload.load_dataset
 
     def counting_load(directory: str) -> object:
         builds.append(directory)
         return real_load(directory)
 
+    def stand_in_encoder(dataset: object, encoder: str) -> np.ndarray:  # the encoder has its own tests
+        encodings.append(dataset.n_items)  # type: ignore[attr-defined]
+        return np.ones((dataset.n_items, 4), dtype=np.float32)  # type: ignore[attr-defined]
+
     monkeypatch.setattr(workload, "load_dataset", counting_load)
+    monkeypatch.setattr(workload, "_encoded_catalog", stand_in_encoder)
     monkeypatch.setenv(client_app.WARM_DATA_ENV, str(data_dir))
     assert partner.WARM_DATA_ENV == client_app.WARM_DATA_ENV  # the launcher sets what the app reads
     workload._dataset_and_split.cache_clear()
+    workload._partner_workload.cache_clear()
     client_app.warm()                                                # the SuperExec, before forking
-    dataset, split = workload.dataset_and_split(str(data_dir))       # a message: found in memory
-    assert len(builds) == 1 and split.n_users == dataset.n_users == TINY_USERS
+    config = from_mapping({})
+    assert config.item_tower != "id"                                 # the default tower reads catalog text
+    first, features = workload.partner_workload(str(data_dir), config)  # a message: found in memory
+    assert len(builds) == 1 and len(encodings) == 1
+    assert first.split.n_users == first.dataset.n_users == TINY_USERS
+    assert features is not None and not features.flags.writeable and not first.negatives.flags.writeable
+    assert workload.partner_workload(str(data_dir), config)[0] is first
+    workload.partner_workload(str(data_dir), from_mapping({"eval-seed": config.eval_seed + 1}))
+    assert len(builds) == 1 and len(encodings) == 2                  # other settings: same data, own extras
     interactions = data_dir / "interactions.csv"
     lines = interactions.read_text().splitlines(keepends=True)
     interactions.write_text("".join(lines[:-1]))                     # the partner's data changes
-    _, changed = workload.dataset_and_split(str(data_dir))
-    assert len(builds) == 2 and len(changed.train_items) == len(split.train_items) - 1
+    changed, _ = workload.partner_workload(str(data_dir), config)
+    assert len(builds) == 2 and len(changed.split.train_items) == len(first.split.train_items) - 1
 
 
 def test_superexec_runs_the_app_modules_warm_hook(monkeypatch: pytest.MonkeyPatch) -> None:

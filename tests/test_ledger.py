@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,50 @@ def test_noise_for_target_spends_at_most_the_target_and_nearly_all_of_it() -> No
         book.record(round_, sigma, 0.2, 1)
     spent = book.epsilon()
     assert 2.0 - 0.05 <= spent <= 2.0
+
+
+@pytest.fixture
+def fresh_rdp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty on-disk RDP cache under a private data dir, and an empty per-process cache."""
+    from shared import ledger as ledger_module
+    from shared.datasets import DATA_DIR_ENV
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    ledger_module._rdp_per_step.cache_clear()
+    yield tmp_path
+    ledger_module._rdp_per_step.cache_clear()
+
+
+def test_rdp_curves_are_kept_on_disk_for_the_next_process(
+        fresh_rdp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import ledger as ledger_module
+
+    expected = one_accountant_epsilon(HISTORY)
+    assert ledger().epsilon() == pytest.approx(expected, rel=1e-12)
+    assert len(list(fresh_rdp_cache.rglob("*.npz"))) == 2  # one curve per (σ, q) of the history
+    ledger_module._rdp_per_step.cache_clear()  # a new process (a forked task) starts with an empty cache
+
+    def not_again(**_: object) -> None:
+        raise AssertionError("the curve was computed again instead of read from disk")
+
+    monkeypatch.setattr(ledger_module.rdp_analysis, "compute_rdp", not_again)
+    assert ledger().epsilon() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other curve"])
+def test_a_damaged_or_foreign_cached_curve_is_recomputed_never_used(fresh_rdp_cache: Path,
+                                                                     damage: str) -> None:
+    from shared import ledger as ledger_module
+
+    expected = one_accountant_epsilon(HISTORY)
+    ledger().epsilon()
+    files = sorted(fresh_rdp_cache.rglob("*.npz"))
+    if damage == "truncated":
+        for path in files:
+            path.write_bytes(path.read_bytes()[:40])
+    else:  # each file holds the other (σ, q)'s curve, as a file renamed by hand would
+        contents = [path.read_bytes() for path in files]
+        for path, content in zip(files, reversed(contents), strict=True):
+            path.write_bytes(content)
+    ledger_module._rdp_per_step.cache_clear()
+    assert ledger().epsilon() == pytest.approx(expected, rel=1e-12)
