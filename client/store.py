@@ -23,7 +23,7 @@ from client.trainers import LocalUpdate, train_store
 from shared.config import RunConfig
 from shared.device import pick_device
 from shared.evaluation import HeldOut, evaluate_held_out
-from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
+from shared.messages import EVALUATE_ROUND_KEY, EVALUATED_PREFIX, NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.model import PRIVATE_PARAMETERS, NeuMF, set_shared, shared_parameter_shapes
 from shared.split import Split
 from shared.wire import pack, unpack
@@ -97,6 +97,9 @@ class StoreClient(NumPyClient):
         raise RuntimeError("the server owns the initial shared parameters; stores never send theirs whole")
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        # fold-evaluation: the incoming model is round r's, and the private state is still as round r left it,
+        # so this is exactly the evaluation a separate message would have asked for after round r.
+        evaluated = self.evaluate(parameters, config)[2] if EVALUATE_ROUND_KEY in config else {}
         started = time.perf_counter()
         round_ = int(config[ROUND_KEY])
         directory = self._directory(config)
@@ -120,6 +123,7 @@ class StoreClient(NumPyClient):
             last = state.ledger.entries[-1]
             metrics.update(noise_multiplier=last.noise_multiplier, sample_rate=last.sample_rate,
                            steps=last.steps)
+        metrics.update({EVALUATED_PREFIX + key: value for key, value in evaluated.items()})
         return pack(update.arrays), update.weight, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:

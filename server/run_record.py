@@ -83,11 +83,19 @@ class RunRecord:
         self.history.append({"round": round_, "failures": count, "reasons": reasons})
         self._write_metrics()
 
-    def note_evaluation(self, round_: int, metrics: dict[str, float], loss: float, seconds: float) -> None:
-        entry = {**getattr(self, "_current", {"round": round_}), "loss": loss, "seconds": seconds,
-                 "epsilon": self.epsilon(), **metrics}
+    def note_evaluation(self, round_: int, metrics: dict[str, float], loss: float,
+                        seconds: float | None) -> None:
+        """Round ``round_``'s entry. ``seconds`` is None for a round whose start this process did not see (the
+        round a resumed run restarts from, evaluated with fold-evaluation): no time is made up for it."""
+        fit = getattr(self, "_current", {})
+        entry = {**(fit if fit.get("round") == round_ else {"round": round_}), "loss": loss,
+                 **({} if seconds is None else {"seconds": seconds}), "epsilon": self.epsilon(), **metrics}
         self.history.append(entry)
         self._write_metrics()
+
+    def has_evaluation(self, round_: int) -> bool:
+        """Whether the history holds round ``round_``'s federated evaluation."""
+        return any(entry.get("round") == round_ and "test/users" in entry for entry in self.history)
 
     def epsilon(self) -> float:
         """The federation's ε so far: the DP-FedAvg ledger (user mode), or the worst store (record mode:

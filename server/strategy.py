@@ -32,7 +32,7 @@ from flwr.server.strategy import FedAvg
 from server.optimizer import ServerOptimizer
 from server.run_record import RunRecord
 from shared.config import RunConfig
-from shared.messages import NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
+from shared.messages import EVALUATE_ROUND_KEY, EVALUATED_PREFIX, NOISE_KEY, ROUND_KEY, RUN_DIR_KEY
 from shared.metrics import mean_metrics
 from shared.model import federated_names
 from shared.privacy import federation_noise_multiplier, noise_shares, user_level_estimate
@@ -92,9 +92,14 @@ class FedRecStrategy(FedAvg):
         self.start_round = record.completed_round
         self.aggregated: set[int] = set()
         self.budget_stop: str | None = None
-        self._round_started = time.perf_counter()
+        self._round_started: dict[int, float] = {}  # global round -> when its configure_fit ran
         self._fit_loss = float("nan")
         self._diverged = 0  # shoppers whose local run diverged this round (user-level DP; counted zero)
+        # fold-evaluation: the global round whose evaluation rides in the next training message. A resumed run
+        # evaluates the round it restarts from there when the record has no evaluation of it yet.
+        self._folded: int | None = None
+        if config.fold_evaluation and self.start_round > 0 and not record.has_evaluation(self.start_round):
+            self._folded = self.start_round
 
     def global_round(self, workflow_round: int) -> int:
         return self.start_round + workflow_round
@@ -103,27 +108,38 @@ class FedRecStrategy(FedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
-        self._round_started = time.perf_counter()
         round_ = self.global_round(server_round)
+        self._round_started[round_] = time.perf_counter()
         if self.budget_stop:  # the workflow still calls every planned round; the first refusal stands
             return []
-        if self.config.privacy == "user":
-            sigma = federation_noise_multiplier(self.config)
-            projected = self.record.federation_ledger.projected_epsilon(
-                sigma, self.config.user_sample_rate, 1
+        projected = self._projected_epsilon()
+        if projected > self.config.target_epsilon:
+            self.budget_stop = (
+                f"round {round_} would reach ε={projected:.3f} > target-epsilon "
+                f"{self.config.target_epsilon}; the run stops here"
             )
-            if projected > self.config.target_epsilon:
-                self.budget_stop = (
-                    f"round {round_} would reach ε={projected:.3f} > target-epsilon "
-                    f"{self.config.target_epsilon}; the run stops here"
-                )
-                log.warning(self.budget_stop)
-                return []
+            log.warning(self.budget_stop)
+            return []
         instructions = super().configure_fit(server_round, parameters, client_manager)
         extra = self._round_config(server_round)
         if self.config.privacy == "user":
             extra[NOISE_KEY] = federation_noise_multiplier(self.config)
+        if self._folded is not None:
+            extra[EVALUATE_ROUND_KEY] = self._folded
         return [(proxy, FitIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
+
+    def _projected_epsilon(self) -> float:
+        """The federation's ε after one more round (user-level DP; 0 otherwise: no federation ledger)."""
+        if self.config.privacy != "user":
+            return 0.0
+        return self.record.federation_ledger.projected_epsilon(
+            federation_noise_multiplier(self.config), self.config.user_sample_rate, 1)
+
+    def _next_round_trains(self, server_round: int) -> bool:
+        """Whether the workflow round after ``server_round`` will send training messages (it is planned and
+        the privacy budget allows it: the same test ``configure_fit`` makes, on the same ledger)."""
+        return (server_round < self.record.planned_rounds and not self.budget_stop
+                and self._projected_epsilon() <= self.config.target_epsilon)
 
     def _round_config(self, server_round: int) -> dict[str, Scalar]:
         """What every store needs with each instruction: the global round and where simulated state lives."""
@@ -151,13 +167,19 @@ class FedRecStrategy(FedAvg):
                 f"noise-share-stores={noise_shares(self.config)}; the sum would be under-noised"
             )
         results = in_store_order(results)
+        if self._folded is not None:  # the previous round's evaluation, done before this round's training
+            evaluated = self._folded
+            self._folded = None
+            self._record_evaluation(evaluated, [_evaluated_metrics(res.metrics) for _, res in results],
+                                    seconds=self._round_started[round_] - self._round_started[evaluated]
+                                    if evaluated in self._round_started else None)
         mean_params, _ = super().aggregate_fit(server_round, results, [])
         if mean_params is None:
             raise RoundFailed(f"round {round_}: aggregation produced no parameters")
         mean = unpack(parameters_to_ndarrays(mean_params), [a.shape for a in self.shared])
         update = self._update_from_mean(mean, len(results))
         self.shared = self.optimizer.step(self.shared, update)
-        metrics = [res.metrics for _, res in results]
+        metrics = [_without_evaluated(res.metrics) for _, res in results]
         self._fit_loss = float(np.nanmean([float(m.get("loss", np.nan)) for m in metrics]))
         self._diverged = sum(int(m.get("diverged_users", 0)) for m in metrics)
         self.record.note_fit(round_, metrics, len(results))
@@ -197,6 +219,9 @@ class FedRecStrategy(FedAvg):
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         if server_round not in self.aggregated:
             return []
+        if self.config.fold_evaluation and self._next_round_trains(server_round):
+            self._folded = self.global_round(server_round)  # evaluated by the stores with the next training
+            return []
         instructions = super().configure_evaluate(server_round, parameters, client_manager)
         extra = self._round_config(server_round)
         return [(proxy, EvaluateIns(ins.parameters, {**ins.config, **extra})) for proxy, ins in instructions]
@@ -214,17 +239,26 @@ class FedRecStrategy(FedAvg):
             self.record.note_failures(round_, len(failures), reasons)
             if not self.config.accept_failures:
                 raise RoundFailed(f"round {round_}: evaluation failed at {len(failures)} store(s): {reasons}")
-        metrics = aggregate_store_metrics([res.metrics for _, res in in_store_order(results)])
-        seconds = time.perf_counter() - self._round_started
+        started = self._round_started.get(round_)
+        metrics = self._record_evaluation(round_, [res.metrics for _, res in in_store_order(results)],
+                                          seconds=None if started is None else time.perf_counter() - started)
+        return 0.0, dict(metrics)
+
+    def _record_evaluation(self, round_: int, store_metrics: list[dict[str, Any]],
+                           seconds: float | None) -> dict[str, float]:
+        """Round ``round_``'s federated evaluation into the run record, and its progress line. ``seconds`` is
+        the round's wall time: to its evaluation's end, or (folded) to the next round's start."""
+        metrics = aggregate_store_metrics(store_metrics)
         self.record.note_evaluation(round_, metrics, self._fit_loss, seconds)
         k = self.config.top_k
         diverged = f" ({self._diverged} shoppers' local runs diverged)" if self._diverged else ""
+        took = "" if seconds is None else f" {seconds:.1f}s"
         print(
             f"round {round_}/{self.start_round + self.record.planned_rounds} loss {self._fit_loss:.4f} "
-            f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid) {seconds:.1f}s{diverged}",
+            f"hr@{k} {metrics.get(f'valid/hr@{k}', float('nan')):.4f} (valid){took}{diverged}",
             flush=True,
         )
-        return 0.0, dict(metrics)
+        return metrics
 
 
 Result = TypeVar("Result", FitRes, EvaluateRes)
@@ -247,6 +281,16 @@ def aggregate_store_metrics(store_metrics: list[dict[str, Any]]) -> dict[str, fl
                     sums[key[len(prefix) :]] = sums.get(key[len(prefix) :], 0.0) + float(value)
         out.update({prefix + key: value for key, value in mean_metrics(sums).items()})
     return out
+
+
+def _evaluated_metrics(metrics: dict[str, Scalar]) -> dict[str, Scalar]:
+    """A store's folded evaluation (its own store number included) from its fit metrics (fold-evaluation)."""
+    return {key[len(EVALUATED_PREFIX):]: value for key, value in metrics.items()
+            if key.startswith(EVALUATED_PREFIX)}
+
+
+def _without_evaluated(metrics: dict[str, Scalar]) -> dict[str, Scalar]:
+    return {key: value for key, value in metrics.items() if not key.startswith(EVALUATED_PREFIX)}
 
 
 def _no_metrics(_: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:

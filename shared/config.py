@@ -48,6 +48,7 @@ class RunConfig:
     text_encoder: str
     cold_start_text_components: int = field(metadata=_rule(low=0))
     top_k: int = field(metadata=_rule(low=1))
+    fold_evaluation: bool
     server_optimizer: str = field(metadata=_rule(choices=("sgd", "momentum", "adam")))
     server_learning_rate: float = field(metadata=_rule(low=0.0, low_open=True))
     server_momentum: float = field(metadata=_rule(low=0.0, high=1.0, high_open=True))
