@@ -4,8 +4,9 @@ Both run here, back to back, on the same data and run config (SecAgg+, user-leve
 ``fedrec simulate`` (Flower's Simulation Engine), then the docker-compose commands as local processes
 (``simulations/loopback.py``: SuperLink with TLS + node authentication, three partners through
 ``deploy/partner.py``, ``flwr run``). Round 1 (Ray start-up, first FAB install) is dropped; the median of the
-later rounds (``metrics.json``'s per-round seconds, training + federated evaluation) is reported with the
-ratio deployment / simulation. Ends with one JSON line.
+later rounds (``metrics.json``'s per-round seconds: training and federated evaluation, which with
+``fold-evaluation`` is the time from one round's start to the next's, the last round evaluating on its own) is
+reported with the ratio deployment / simulation. Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.deploy_round [--rounds 4] [--workload tiny|ml-100k]
         [--dataset DIR] [--set key=value] [--superlink-state file|memory]
