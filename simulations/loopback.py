@@ -66,8 +66,8 @@ def wait_for_port(port: int, timeout: float = READY_TIMEOUT_S) -> None:
 
 def superlink_command(secrets: Path, port: int, database: Path | None) -> list[str]:
     """docker-compose.yml ``superlink``: Flower's SuperLink, holding empty pulls (deploy/long_poll.py); paths
-    differ (/run/secrets there). ``database`` None keeps Flower's in-memory state instead (faster, but node
-    registrations do not survive a SuperLink restart)."""
+    differ (/run/secrets there). ``database`` None keeps Flower's in-memory state, as the compose file does
+    (faster; node registrations do not survive a SuperLink restart); a path keeps it in SQLite there."""
     state = [] if database is None else ["--database", str(database)]
     return [sys.executable, str(WARM_FLOWER), "superlink",
             "--ssl-ca-certfile", str(secrets / keys.CA_CERT_FILE),
@@ -106,7 +106,7 @@ class Deployment:
     root: Path
     partners: tuple[str, ...] = ("partner-1", "partner-2", "partner-3")
     port: int = field(default_factory=free_port)
-    durable_state: bool = True  # the SuperLink's state in a SQLite file, as in docker-compose.yml
+    durable_state: bool = False  # True: the SuperLink's state in a SQLite file (docker-compose.yml: in memory)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -243,7 +243,7 @@ def test_loopback_tests_run_the_compose_commands() -> None:
     """The e2e tests' processes use the same flags as the compose services (only paths and ports differ)."""
     secrets, port = Path("/s"), 1
     same = {
-        "superlink": loopback.superlink_command(secrets, port, Path("/db")),
+        "superlink": loopback.superlink_command(secrets, port, None),  # in-memory state, as shipped
         "serverapp": loopback.serverapp_command(secrets, port),
         "partner-1": loopback.partner_command(secrets, port, "partner-1", Path("/d"), Path("/st"), 0, 2),
     }

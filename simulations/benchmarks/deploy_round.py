@@ -77,7 +77,7 @@ def _toml_value(value: Any) -> str:
 
 
 def run_deployment(root: Path, dataset: Path, values: dict[str, Any],
-                   durable_state: bool = True) -> list[float]:
+                   durable_state: bool = False) -> list[float]:
     partitions = split_partners(dataset, root / "partitions")
     deployment = Deployment(root / "deployment", PARTNERS, durable_state=durable_state)
     run_dir = root / "deploy-run"
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="tiny: messaging only; ml-100k: the main job's data and model (docstring)")
     parser.add_argument("--dataset", type=Path, help="the tiny model on this dataset (needs users.csv)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--superlink-state", choices=("file", "memory"), default="file",
-                        help="file: SQLite, as docker-compose.yml ships it; memory: Flower's in-memory state")
+    parser.add_argument("--superlink-state", choices=("file", "memory"), default="memory",
+                        help="memory: Flower's in-memory state, as docker-compose.yml ships it; file: SQLite")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fedrec-deploy-round-") as tmp:
         root = Path(tmp)
