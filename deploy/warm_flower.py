@@ -57,8 +57,8 @@ from typing import Any
 import long_poll  # deploy/, beside this script
 
 POLL_ENV = "FEDREC_POLL_SECONDS"
-# With the SuperLink and SuperNode holding empty pulls (long_poll.py), short caps no longer mean many requests:
-# 0.05 s rounded ML-100K in 2.5 s against 2.6 s at 0.2 s (session 14, one run each).
+# With the SuperLink and SuperNode holding empty pulls (long_poll.py), short caps no longer mean many
+# requests: 0.05 s rounded ML-100K in 2.5 s against 2.6 s at 0.2 s (session 14, one run each).
 DEFAULT_POLL_SECONDS = 0.05
 SUPEREXEC_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 # Modules whose module-level ``time.sleep`` polls: capped by ``install_fast_polling``.

@@ -106,7 +106,7 @@ class Deployment:
     root: Path
     partners: tuple[str, ...] = ("partner-1", "partner-2", "partner-3")
     port: int = field(default_factory=free_port)
-    durable_state: bool = False  # True: the SuperLink's state in a SQLite file (docker-compose.yml: in memory)
+    durable_state: bool = False  # True: SuperLink state in SQLite (docker-compose.yml keeps it in memory)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
