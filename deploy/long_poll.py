@@ -43,23 +43,36 @@ def _no_task(response: Any) -> bool:
     return not response.HasField("task")
 
 
-# Per server: the state class, the methods after which a held pull may find something, and the pull handlers
-# with how each tells an empty answer. Handlers are rebound in their module: Flower's routers look them up
-# there on every request (``fleet_handlers.pull_messages``, ``app.state.runtime_handlers`` is the module).
+def _object_not_pushed_yet(response: Any) -> bool:
+    """An object of a stored message whose content has not arrived: its sender pushes objects one by one after
+    the message, and a receiver woken by the message asks for them at once (Flower would retry after 1, 2, 4 s
+    and more, or ``warm_flower.py``'s capped backoff)."""
+    return bool(response.object_found) and not response.object_available
+
+
+# Per server: the state classes; the methods after which a held pull may find something, with the channel they
+# notify; the pull handlers, with how each tells an empty answer and the channel it waits on. Handlers are
+# rebound in their module: Flower's routers look them up there on every request (``fleet_handlers.pull_messages``;
+# ``app.state.runtime_handlers`` is the module). Two channels at the SuperLink, so that the many object stores
+# of a round do not wake every pull for messages (each wake is a state query: SQL with ``--database``).
 SUPERLINK = {
     "state": [("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState"),
               ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState")],
-    # The Fleet and Runtime push handlers store every message and reply through it; the SQL state has
-    # committed when it returns.
-    "notify_after": ["store_message_and_object_tree"],
-    "handlers": [("flwr.superlink.servicer.fleet.fleet_handlers", "pull_messages", _no_messages),
-                 ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_messages", _no_messages)],
+    # The Fleet and Runtime push handlers store every message and reply through the first, every object
+    # through the second; the SQL state has committed when they return.
+    "notify_after": {"store_message_and_object_tree": "messages", "store_object": "objects"},
+    "handlers": [("flwr.superlink.servicer.fleet.fleet_handlers", "pull_messages", _no_messages, "messages"),
+                 ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_messages", _no_messages, "messages"),
+                 ("flwr.superlink.servicer.fleet.fleet_handlers", "pull_object", _object_not_pushed_yet,
+                  "objects"),
+                 ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_object", _object_not_pushed_yet,
+                  "objects")],
 }
 SUPERNODE = {
     "state": [("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState")],
     # A pulled message becomes a task; a ClientApp's reply is stored, then its objects one by one.
-    "notify_after": ["create_task", "store_message_and_object_tree", "store_object"],
-    "handlers": [("flwr.supernode.servicer.runtime.runtime_handlers", "acquire_task", _no_task)],
+    "notify_after": {"create_task": "node", "store_message_and_object_tree": "node", "store_object": "node"},
+    "handlers": [("flwr.supernode.servicer.runtime.runtime_handlers", "acquire_task", _no_task, "node")],
 }
 
 
@@ -144,22 +157,23 @@ def changes_or_timeout(changes: StateChanges, cap: float) -> Callable[[float], N
     return sleep
 
 
-def install(server: dict[str, Any]) -> StateChanges | None:
-    """Hold empty pulls of ``server`` (``SUPERLINK`` or ``SUPERNODE``) in this process; None when off."""
+def install(server: dict[str, Any]) -> dict[str, StateChanges] | None:
+    """Hold empty pulls of ``server`` (``SUPERLINK`` or ``SUPERNODE``) in this process; returns its channels,
+    None when long polling is off."""
     wait, slot_count = settings()
     if wait == 0:
         return None
-    changes = StateChanges()
+    channels = {name: StateChanges() for name in sorted(set(server["notify_after"].values()))}
     slots = threading.BoundedSemaphore(slot_count)
     for module_name, class_name in server["state"]:
         cls = getattr(importlib.import_module(module_name), class_name)
-        for method_name in server["notify_after"]:
+        for method_name, channel in server["notify_after"].items():
             method = getattr(cls, method_name)
             if getattr(method, PATCHED, False):
                 raise RuntimeError(f"long polling is already installed on {class_name}.{method_name}")
-            setattr(cls, method_name, notifying(method, changes))
-    for module_name, function_name, is_empty in server["handlers"]:
+            setattr(cls, method_name, notifying(method, channels[channel]))
+    for module_name, function_name, is_empty, channel in server["handlers"]:
         module = importlib.import_module(module_name)
         handler = getattr(module, function_name)
-        setattr(module, function_name, held_when_empty(handler, is_empty, changes, wait, slots))
-    return changes
+        setattr(module, function_name, held_when_empty(handler, is_empty, channels[channel], wait, slots))
+    return channels

@@ -267,9 +267,9 @@ def run_superexec(argv: list[str]) -> None:
 
 
 def run_supernode(argv: list[str]) -> None:
-    changes = long_poll.install(long_poll.SUPERNODE)
+    channels = long_poll.install(long_poll.SUPERNODE)
     cap = poll_seconds()
-    install_fast_polling(cap, long_poll.changes_or_timeout(changes, cap) if changes else None)
+    install_fast_polling(cap, long_poll.changes_or_timeout(channels["node"], cap) if channels else None)
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *argv]

@@ -137,25 +137,52 @@ def test_install_wraps_flowers_pull_handlers_and_state_methods(server: dict[str,
             assert callable(getattr(cls, method_name)), f"{class_name}.{method_name} is not in this Flower"
             monkeypatch.setattr(cls, method_name, lambda *_a, _n=method_name, **_k: stores.append(_n))
     inbox = Inbox()
-    for module_name, function_name, _ in server["handlers"]:
+    for module_name, function_name, _, _ in server["handlers"]:
         module = importlib.import_module(module_name)
         assert callable(getattr(module, function_name)), f"{module_name}.{function_name} is not in Flower"
         monkeypatch.setattr(module, function_name, lambda *_a, **_k: inbox.pull())
-    changes = long_poll.install(server)
-    assert changes is not None
-    (module_name, class_name), method_name = server["state"][0], server["notify_after"][0]
+    channels = long_poll.install(server)
+    assert channels is not None and set(channels) == set(server["notify_after"].values())
+    module_name, class_name = server["state"][0]
     state_class = getattr(importlib.import_module(module_name), class_name)
-    before = changes.count()
-    getattr(state_class, method_name)(object())
-    assert stores == [method_name] and changes.count() == before + 1
+    for method_name, channel in server["notify_after"].items():  # each store method wakes its channel
+        before = {name: changes.count() for name, changes in channels.items()}
+        getattr(state_class, method_name)(object())
+        assert stores[-1] == method_name
+        assert {name: changes.count() - before[name] for name, changes in channels.items()} == {
+            name: int(name == channel) for name in channels}
     with pytest.raises(RuntimeError, match="already installed"):
         long_poll.install(server)
-    handler_module, handler_name, is_empty = server["handlers"][0]
+    handler_module, handler_name, is_empty, channel = server["handlers"][0]
     if is_empty is long_poll._no_messages:
-        writer = store_later(inbox, changes, "m1", after=0.1)
+        writer = store_later(inbox, channels[channel], "m1", after=0.1)
         response, seconds = timed(getattr(importlib.import_module(handler_module), handler_name))
         writer.join()
         assert response.messages_list == ["m1"] and seconds < QUICK
+
+
+def test_an_object_pull_is_held_only_while_the_object_is_known_but_not_pushed() -> None:
+    pending = SimpleNamespace(object_found=True, object_available=False, object_content=b"")
+    pushed = SimpleNamespace(object_found=True, object_available=True, object_content=b"x")
+    unknown = SimpleNamespace(object_found=False, object_available=False, object_content=b"")
+    assert long_poll._object_not_pushed_yet(pending)
+    assert not long_poll._object_not_pushed_yet(pushed) and not long_poll._object_not_pushed_yet(unknown)
+    changes, answers = long_poll.StateChanges(), [pending]
+    pull = long_poll.held_when_empty(lambda: answers[-1], long_poll._object_not_pushed_yet, changes, WAIT,
+                                     threading.BoundedSemaphore(1))
+
+    def push() -> None:
+        answers.append(pushed)
+        changes.notify()
+
+    pusher = threading.Timer(0.1, push)
+    pusher.start()
+    response, seconds = timed(pull)
+    pusher.join()
+    assert response is pushed and seconds < QUICK
+    answers[:] = [unknown]  # an object nobody announced is answered at once, as Flower answers it
+    response, seconds = timed(pull)
+    assert response is unknown and seconds < QUICK
 
 
 def test_a_wait_of_zero_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
