@@ -50,19 +50,22 @@ def _object_not_pushed_yet(response: Any) -> bool:
     return bool(response.object_found) and not response.object_available
 
 
-# Per server: the state classes; the methods after which a held pull may find something, with the channel they
-# notify; the pull handlers, with how each tells an empty answer and the channel it waits on. Handlers are
-# rebound in their module: Flower's routers look them up there on every request (``fleet_handlers.pull_messages``;
-# ``app.state.runtime_handlers`` is the module). Two channels at the SuperLink, so that the many object stores
-# of a round do not wake every pull for messages (each wake is a state query: SQL with ``--database``).
+# Per server: the state classes; the methods after which a held pull may find something, with the channel
+# they notify; the pull handlers, with how each tells an empty answer and the channel it waits on. Handlers
+# are rebound in their module: Flower's routers look them up there on every request
+# (``fleet_handlers.pull_messages``; ``app.state.runtime_handlers`` is the module). Two channels at the
+# SuperLink, so that the many object stores of a round do not wake every pull for messages (each wake is a
+# state query: SQL with ``--database``).
 SUPERLINK = {
     "state": [("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState"),
               ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState")],
     # The Fleet and Runtime push handlers store every message and reply through the first, every object
     # through the second; the SQL state has committed when they return.
     "notify_after": {"store_message_and_object_tree": "messages", "store_object": "objects"},
-    "handlers": [("flwr.superlink.servicer.fleet.fleet_handlers", "pull_messages", _no_messages, "messages"),
-                 ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_messages", _no_messages, "messages"),
+    "handlers": [("flwr.superlink.servicer.fleet.fleet_handlers", "pull_messages", _no_messages,
+                  "messages"),
+                 ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_messages", _no_messages,
+                  "messages"),
                  ("flwr.superlink.servicer.fleet.fleet_handlers", "pull_object", _object_not_pushed_yet,
                   "objects"),
                  ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_object", _object_not_pushed_yet,
