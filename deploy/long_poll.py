@@ -50,18 +50,21 @@ def _object_not_pushed_yet(response: Any) -> bool:
     return bool(response.object_found) and not response.object_available
 
 
-# Per server: the state classes; the methods after which a held pull may find something, with the channel
-# they notify; the pull handlers, with how each tells an empty answer and the channel it waits on. Handlers
-# are rebound in their module: Flower's routers look them up there on every request
-# (``fleet_handlers.pull_messages``; ``app.state.runtime_handlers`` is the module). Two channels at the
-# SuperLink, so that the many object stores of a round do not wake every pull for messages (each wake is a
-# state query: SQL with ``--database``).
+# Per server: the state methods after which a held pull may find something, with the channel they notify,
+# and the pull handlers, with how each tells an empty answer and the channel it waits on. Handlers are rebound
+# in their module: Flower's routers look them up there on every request (``fleet_handlers.pull_messages``;
+# ``app.state.runtime_handlers`` is the module). Two channels at the SuperLink, so that the many object stores
+# of a round do not wake every pull for messages (each wake is a state query: SQL with ``--database``).
+LINKSTATES = (("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState"),
+              ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState"))
+OBJECT_STORES = (("flwr.supercore.object_store.in_memory_object_store", "InMemoryObjectStore"),
+                 ("flwr.supercore.object_store.sql_object_store", "SqlObjectStore"))
 SUPERLINK = {
-    "state": [("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState"),
-              ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState")],
-    # The Fleet and Runtime push handlers store every message and reply through the first, every object
-    # through the second; the SQL state has committed when they return.
-    "notify_after": {"store_message_and_object_tree": "messages", "store_object": "objects"},
+    # The Fleet and Runtime push handlers store every message and reply through the first method, every
+    # object through the second; the SQL state has committed when they return.
+    "notify_after": [*((module, cls, "store_message_and_object_tree", "messages")
+                       for module, cls in LINKSTATES),
+                     *((module, cls, "store_object", "objects") for module, cls in LINKSTATES)],
     "handlers": [("flwr.superlink.servicer.fleet.fleet_handlers", "pull_messages", _no_messages,
                   "messages"),
                  ("flwr.superlink.servicer.runtime.runtime_handlers", "pull_messages", _no_messages,
@@ -72,10 +75,15 @@ SUPERLINK = {
                   "objects")],
 }
 SUPERNODE = {
-    "state": [("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState")],
-    # A pulled message becomes a task; a ClientApp's reply is stored, then its objects one by one.
-    "notify_after": {"create_task": "node", "store_message_and_object_tree": "node", "store_object": "node"},
-    "handlers": [("flwr.supernode.servicer.runtime.runtime_handlers", "acquire_task", _no_task, "node")],
+    # A pulled message becomes a task before its objects arrive from the SuperLink (all at once, when the
+    # last is in); a ClientApp's reply is stored, then its objects one by one. Every object lands through
+    # the node's object store.
+    "notify_after": [*(("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState", method, "node")
+                       for method in ("create_task", "store_message_and_object_tree")),
+                     *((module, cls, "put", "node") for module, cls in OBJECT_STORES)],
+    "handlers": [("flwr.supernode.servicer.runtime.runtime_handlers", "acquire_task", _no_task, "node"),
+                 ("flwr.supernode.servicer.runtime.runtime_handlers", "pull_object", _object_not_pushed_yet,
+                  "node")],
 }
 
 
@@ -166,15 +174,14 @@ def install(server: dict[str, Any]) -> dict[str, StateChanges] | None:
     wait, slot_count = settings()
     if wait == 0:
         return None
-    channels = {name: StateChanges() for name in sorted(set(server["notify_after"].values()))}
+    channels = {channel: StateChanges() for *_, channel in server["notify_after"]}
     slots = threading.BoundedSemaphore(slot_count)
-    for module_name, class_name in server["state"]:
+    for module_name, class_name, method_name, channel in server["notify_after"]:
         cls = getattr(importlib.import_module(module_name), class_name)
-        for method_name, channel in server["notify_after"].items():
-            method = getattr(cls, method_name)
-            if getattr(method, PATCHED, False):
-                raise RuntimeError(f"long polling is already installed on {class_name}.{method_name}")
-            setattr(cls, method_name, notifying(method, channels[channel]))
+        method = getattr(cls, method_name)
+        if getattr(method, PATCHED, False):
+            raise RuntimeError(f"long polling is already installed on {class_name}.{method_name}")
+        setattr(cls, method_name, notifying(method, channels[channel]))
     for module_name, function_name, is_empty, channel in server["handlers"]:
         module = importlib.import_module(module_name)
         handler = getattr(module, function_name)

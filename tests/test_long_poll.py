@@ -131,23 +131,20 @@ def test_install_wraps_flowers_pull_handlers_and_state_methods(server: dict[str,
 
     monkeypatch.setenv(long_poll.WAIT_ENV, str(WAIT))
     stores: list[str] = []
-    for module_name, class_name in server["state"]:
+    for module_name, class_name, method_name, _ in server["notify_after"]:
         cls = getattr(importlib.import_module(module_name), class_name)
-        for method_name in server["notify_after"]:
-            assert callable(getattr(cls, method_name)), f"{class_name}.{method_name} is not in this Flower"
-            monkeypatch.setattr(cls, method_name, lambda *_a, _n=method_name, **_k: stores.append(_n))
+        assert callable(getattr(cls, method_name)), f"{class_name}.{method_name} is not in this Flower"
+        monkeypatch.setattr(cls, method_name, lambda *_a, _n=method_name, **_k: stores.append(_n))
     inbox = Inbox()
     for module_name, function_name, _, _ in server["handlers"]:
         module = importlib.import_module(module_name)
         assert callable(getattr(module, function_name)), f"{module_name}.{function_name} is not in Flower"
         monkeypatch.setattr(module, function_name, lambda *_a, **_k: inbox.pull())
     channels = long_poll.install(server)
-    assert channels is not None and set(channels) == set(server["notify_after"].values())
-    module_name, class_name = server["state"][0]
-    state_class = getattr(importlib.import_module(module_name), class_name)
-    for method_name, channel in server["notify_after"].items():  # each store method wakes its channel
+    assert channels is not None and set(channels) == {channel for *_, channel in server["notify_after"]}
+    for module_name, class_name, method_name, channel in server["notify_after"]:  # each wakes its channel
         before = {name: changes.count() for name, changes in channels.items()}
-        getattr(state_class, method_name)(object())
+        getattr(getattr(importlib.import_module(module_name), class_name), method_name)(object())
         assert stores[-1] == method_name
         assert {name: changes.count() - before[name] for name, changes in channels.items()} == {
             name: int(name == channel) for name in channels}
