@@ -7,8 +7,9 @@ for in CPU (FastAPI, TLS, node authentication). With short polls (``warm_flower.
 ``FEDREC_POLL_SECONDS``) most requests find nothing, and every hop of an exchange still waits half a poll on
 average; with long ones, every hop waits longer (docs/results.md, "Deployment round").
 
-Here an empty pull is held, up to ``FEDREC_LONG_POLL_SECONDS``, and answered as soon as the server's state
-stores something it could deliver: the same Flower handler is simply called again. Requests, responses,
+Here an empty pull (no message, no task, or an object announced but not pushed yet) is held, up to
+``FEDREC_LONG_POLL_SECONDS``, and answered as soon as the server's state stores something it could deliver:
+the same Flower handler is simply called again. Requests, responses,
 handlers and state are Flower's, unchanged. Held requests occupy worker threads of the server's thread pool
 (anyio's 40), so at most ``FEDREC_LONG_POLL_SLOTS`` are held at a time; past that a pull is answered at once,
 as without this module. The wait stays well below Flower's 30 s HTTP read timeout.
