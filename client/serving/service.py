@@ -15,6 +15,7 @@ behind ``RunningServer``, so callers stay synchronous.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -164,4 +165,10 @@ def start_server(recommender: Recommender, settings: ServeSettings, run_dir: str
         pool.shutdown(wait=False)
         raise
     log.info("fedrec.v1.Recommender listening on %s:%d", settings.host, port)
+    # Everything built so far (modules, catalog, index, model) lives as long as the server: out of the
+    # collector's sight, a full collection no longer walks it while requests wait. Measured at 100k items
+    # under load: such a collection paused the server for 131 ms (the p99 of that pass), 9 ms after freezing.
+    # Collected first, so that no garbage of the start-up is frozen with it.
+    gc.collect()
+    gc.freeze()
     return RunningServer(port, server, loop, thread, pool)
