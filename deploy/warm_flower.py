@@ -72,9 +72,9 @@ WARM_MODULES = ("numpy", "torch", "torch._dynamo", "opacus", "transformers", "fl
                 "flwr.server", "flwr.supernode.cli.flwr_clientapp", "flwr.superlink.cli.flwr_serverapp")
 WARM_APP_ENV = "FEDREC_WARM_APP"
 FAB_HASH_FILE = ".fedrec-fab-sha256"  # the full SHA-256 of the FAB an app directory was installed from
-FAB_INSTALLERS = ("flwr.supernode.runtime.run_clientapp",)
+FAB_INSTALLERS = ("flwr.supernode.runtime.run_clientapp",)  # modules whose ``install_from_fab`` is wrapped
 # The ServerApp's pause between pulls of its replies when the SuperLink holds empty pulls (it waits there).
-HELD_PULL_PAUSE_SECONDS = 0.005  # modules whose ``install_from_fab`` is wrapped
+HELD_PULL_PAUSE_SECONDS = 0.005
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
@@ -241,18 +241,22 @@ class ForkExecutor:
         _reap_children()
 
 
+def held_pull_pause(seconds: float) -> None:
+    """The ServerApp's wait between pulls of its replies when its SuperLink holds them (it waits there)."""
+    time.sleep(min(seconds, HELD_PULL_PAUSE_SECONDS))
+
+
 def superlink_holds_pulls() -> bool:
     """Whether this process was told (``long_poll.WAIT_ENV`` set above 0) that its SuperLink holds empty pulls
     (``warm_flower.py superlink``); only then may the ServerApp re-pull its replies without pausing."""
-    return float(os.environ.get(long_poll.WAIT_ENV) or 0) > 0
+    return long_poll.WAIT_ENV in os.environ and long_poll.settings()[0] > 0
 
 
 def run_superexec(argv: list[str]) -> None:
     os.environ.setdefault(SUPEREXEC_POLL_ENV, str(poll_seconds()))
     _preload()
     cap = poll_seconds()
-    pause = min(cap, HELD_PULL_PAUSE_SECONDS) if superlink_holds_pulls() else cap
-    install_fast_polling(cap, lambda seconds: time.sleep(min(seconds, pause)))
+    install_fast_polling(cap, held_pull_pause if superlink_holds_pulls() else None)
     install_fabs_once()
     run_module = importlib.import_module("flwr.supercore.superexec.run_superexec")
 
