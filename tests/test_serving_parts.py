@@ -1,12 +1,13 @@
 """The serving building blocks on their own: the durable log, logged clicks as training positives, MMR,
-retrieval (exact and HNSW), the append-only catalog, settings and the ``fedrec serve`` command line."""
+retrieval (exact and the cluster index), the append-only catalog, settings and the ``fedrec serve`` command
+line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +23,16 @@ from client.serving.interaction_log import (
     with_logged_clicks,
 )
 from client.serving.retrieval import (
-    SEARCH_WIDTH_STEPS,
-    AnnIndex,
+    ClusterIndex,
     ExactIndex,
-    SearchWidth,
-    SharedExclusiveLock,
     build_index,
     exact_top,
-    locality_order,
+    kmeans,
+    nearest_centroid,
+    probe_rungs,
     recall_at_k,
     retrieval_query,
     top_indices,
-    tune_search_width,
 )
 from client.serving.settings import ServeSettings, SettingsError
 from client.store import StoreClient, store_data
@@ -145,128 +144,136 @@ def test_small_catalogs_are_scored_whole_and_larger_ones_retrieve_candidates_fir
 
 
 def random_catalog(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform random rows and queries in 9-d: a harder geometry for HNSW than learned vectors."""
+    """Uniform random rows and queries in 9-d: no clusters to find, a hard geometry for a cluster index."""
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(RECALL_ITEMS, 9)).astype(np.float32),
             rng.normal(size=(RECALL_QUERIES, 9)).astype(np.float32))
 
 
-@pytest.mark.parametrize("order_clusters", [0, 64])  # catalog order; grouped (keys must stay the row numbers)
-def test_ann_recall_at_10_against_exact_search(order_clusters: int) -> None:
+def test_the_tuned_cluster_index_reaches_its_recall_target_against_exact_search() -> None:
     rows, queries = random_catalog()
     exact = ExactIndex(Growable(rows))
-    ann = AnnIndex(rows, ServeSettings(index_threads=1, hnsw_order_clusters=order_clusters))
-    by_hand = np.mean([len(set(exact.search(q, 10, RECALL_ITEMS)) & set(ann.search(q, 10, RECALL_ITEMS))) / 10
-                       for q in queries])
-    assert recall_at_k(ann, queries, exact_top(rows, queries, 10), RECALL_ITEMS) == pytest.approx(by_hand)
-    assert by_hand >= RECALL_GOAL
+    index = build_index(Growable(rows), TUNING.replace(ann_recall_target=RECALL_GOAL), queries)
+    assert isinstance(index, ClusterIndex)
+    by_hand = np.mean([len(set(exact.search(q, 10, RECALL_ITEMS)) & set(index.search(q, 10, RECALL_ITEMS)))
+                       / 10 for q in queries])
+    assert recall_at_k(index, queries, exact_top(rows, queries, 10), RECALL_ITEMS) == pytest.approx(by_hand)
+    assert index.width.recall_at_10 == pytest.approx(by_hand) and by_hand >= RECALL_GOAL
+    assert index.width.probes < index.width.clusters  # ... without probing everything
 
 
-def test_the_insertion_order_puts_nearby_items_next_to_each_other() -> None:
+def test_every_row_is_listed_once_under_its_nearest_centroid_and_all_probes_is_exact_search() -> None:
+    rows, queries = random_catalog(1)
+    index = ClusterIndex(rows, ServeSettings(ann_clusters=24))
+    keys = np.concatenate([key for _, key in index._lists])
+    assert sorted(keys.tolist()) == list(range(len(rows)))
+    for cluster, (block, key) in enumerate(index._lists):
+        np.testing.assert_array_equal(block, rows[key])
+        assert (nearest_centroid(block, index._centroids) == cluster).all()
+    index.set_probes(24)
+    exact = ExactIndex(Growable(rows))
+    for query in queries[:10]:
+        assert np.array_equal(index.search(query, 10, RECALL_ITEMS), exact.search(query, 10, RECALL_ITEMS))
+
+
+def test_the_clustering_is_seeded_and_groups_nearby_rows() -> None:
     rng = np.random.default_rng(3)
     centers = rng.normal(scale=10.0, size=(12, 9))
     rows = (centers[rng.integers(0, len(centers), 3000)] + rng.normal(size=(3000, 9))).astype(np.float32)
-    order = locality_order(rows, 24, seed=0)
-
-    def mean_step(ordered: np.ndarray) -> float:  # distance between items stored next to each other
-        return float(np.linalg.norm(np.diff(ordered, axis=0), axis=1).mean())
-
-    assert sorted(order.tolist()) == list(range(len(rows)))
-    assert mean_step(rows[order]) < 0.4 * mean_step(rows)
-    assert np.array_equal(order, locality_order(rows, 24, seed=0))  # seeded: the same index every start
-    assert np.array_equal(locality_order(rows, 0, seed=0), np.arange(len(rows)))   # turned off
-    assert np.array_equal(locality_order(rows[:20], 24, seed=0), np.arange(20))    # fewer rows than clusters
+    first, again = kmeans(rows, 24, seed=0), kmeans(rows, 24, seed=0)
+    np.testing.assert_array_equal(first, again)  # the same index at every start
+    nearest = first[nearest_centroid(rows, first)]
+    spread = float(np.linalg.norm(rows - rows.mean(0), axis=1).mean())
+    assert float(np.linalg.norm(rows - nearest, axis=1).mean()) < 0.25 * spread
 
 
-TUNING = ServeSettings(max_k=10, candidates=20, index_threads=1, ann_min_items=1)
+def test_the_default_cluster_count_grows_with_the_square_root_of_the_catalog() -> None:
+    rows, _ = random_catalog()
+    assert ClusterIndex(rows, ServeSettings()).width.clusters == round(4 * np.sqrt(RECALL_ITEMS))
+    assert ClusterIndex(rows[:10], ServeSettings(ann_clusters=50)).width.clusters == 10  # at most one per row
 
 
-def test_the_beam_width_is_tuned_to_the_smallest_rung_that_reaches_the_recall_target() -> None:
+TUNING = ServeSettings(max_k=10, candidates=20, ann_min_items=1)
+
+
+def test_the_probe_count_is_tuned_to_the_smallest_rung_that_reaches_the_recall_target() -> None:
     rows, queries = random_catalog()
-    settings = TUNING.replace(hnsw_recall_target=0.99)
+    settings = TUNING.replace(ann_recall_target=0.99)
     index = build_index(Growable(rows), settings, queries)
-    assert isinstance(index, AnnIndex)
-    rungs = [round(settings.candidates * step) for step in SEARCH_WIDTH_STEPS]
+    assert isinstance(index, ClusterIndex)
+    rungs = probe_rungs(index.width.clusters)
     width = index.width
-    assert width.ef in rungs and width.recall_at_10 is not None
+    assert width.probes in rungs and width.recall_at_10 is not None and width.tuning_s > 0
     truth = exact_top(rows, queries, 10)
-    assert recall_at_k(index, queries, truth, RECALL_ITEMS) == width.recall_at_10  # the beam it said it uses
+    assert recall_at_k(index, queries, truth, RECALL_ITEMS) == width.recall_at_10  # the probes it reports
     assert width.recall_at_10 >= 0.99 and not width.short_of_target
-    if width.ef > rungs[0]:  # the rung below fell short, or it would have been chosen
-        index.set_search_width(rungs[rungs.index(width.ef) - 1])
-        assert recall_at_k(index, queries, truth, RECALL_ITEMS) < 0.99
+    assert width.probes > rungs[0]  # uniform random rows: four clusters are not enough for 0.99
+    index.set_probes(rungs[rungs.index(width.probes) - 1])  # the rung below fell short, or it would be chosen
+    assert recall_at_k(index, queries, truth, RECALL_ITEMS) < 0.99
 
 
-class BeamLimitedIndex:
-    """Finds each query's true best items only with a beam of at least ``needs`` (the worst ones otherwise),
-    and with ``flawed`` always misses one of them: a graph that no beam makes perfect."""
-
-    def __init__(self, rows: np.ndarray, needs: int, flawed: bool = False, degree: int = 16) -> None:
-        self.rows, self.needs, self.flawed, self.ef = rows, needs, flawed, 0
-        self.width = SearchWidth(0, degree=degree)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def set_search_width(self, ef: int) -> None:
-        self.ef = ef
-
-    def search(self, query: np.ndarray, count: int, size: int) -> np.ndarray:
-        scores = self.rows @ query
-        if self.ef < self.needs:
-            return top_indices(-scores, count)
-        best = top_indices(scores, count)
-        return np.concatenate([best[:-1], top_indices(-scores, 1)]) if self.flawed else best
+def test_probe_rungs_grow_by_half_and_end_with_every_cluster() -> None:
+    assert probe_rungs(3) == [3]
+    assert probe_rungs(20) == [4, 6, 9, 14, 20]
+    rungs = probe_rungs(4000)
+    assert rungs[-1] == 4000 and all(b > a for a, b in itertools.pairwise(rungs))
 
 
-@pytest.mark.parametrize(("needs", "flawed", "chosen", "recall"),
-                         [(20, False, 20, 1.0), (40, False, 40, 1.0), (100, False, 100, 1.0),
-                          (40, True, 40, 0.9),    # short of the target: the smallest beam at the plateau
-                          (101, False, 20, 0.0)])
-def test_tuning_takes_the_first_beam_that_reaches_the_target_or_the_smallest_at_the_best_recall(
-        needs: int, flawed: bool, chosen: int, recall: float) -> None:
+def test_a_search_probes_on_until_its_pool_holds_the_candidates_asked_for() -> None:
     rows, queries = random_catalog()
-    index = BeamLimitedIndex(rows, needs, flawed)
-    width = tune_search_width(index, queries, exact_top(rows, queries, 10), TUNING)  # type: ignore[arg-type]
-    assert (width.ef, width.recall_at_10, index.ef) == (chosen, pytest.approx(recall), chosen)
-    assert width.short_of_target is (recall < TUNING.hnsw_recall_target)
+    index = ClusterIndex(rows, ServeSettings(ann_clusters=300, ann_probes=2))  # ~10 rows per cluster
+    exact = ExactIndex(Growable(rows))
+    for query in queries[:10]:
+        found = index.search(query, 200, RECALL_ITEMS)
+        assert len(found) == 200 and len(set(found.tolist())) == 200
+        assert len(set(found.tolist()) & set(exact.search(query, 10, RECALL_ITEMS).tolist())) >= 8
+    assert len(index.search(queries[0], 10, RECALL_ITEMS)) == 10
 
 
-@pytest.mark.parametrize(("degree_needed", "built"), [(16, [16]), (32, [16, 32]), (128, [16, 32, 64])])
-def test_a_graph_no_beam_can_fix_is_rebuilt_with_a_larger_degree(
-        degree_needed: int, built: list[int], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    import client.serving.retrieval as retrieval
-
-    degrees = []
-
-    def degree_limited(rows: np.ndarray, settings: ServeSettings, order: np.ndarray) -> BeamLimitedIndex:
-        assert len(order) == len(rows)  # the insertion order, computed once for every rebuild
-        degrees.append(settings.hnsw_m)
-        return BeamLimitedIndex(rows, needs=0, flawed=settings.hnsw_m < degree_needed, degree=settings.hnsw_m)
-
-    monkeypatch.setattr(retrieval, "AnnIndex", degree_limited)
+def test_a_probe_count_set_by_hand_is_not_tuned() -> None:
     rows, queries = random_catalog()
-    with caplog.at_level(logging.WARNING):
-        index = build_index(Growable(rows), TUNING, queries)
-    assert degrees == built and index.width is not None and index.width.degree == built[-1]
-    assert (index.width.recall_at_10 == 1.0) is (degree_needed <= 64)
-    assert ("below --hnsw-recall-target" in caplog.text) is (degree_needed > 64)
+    index = build_index(Growable(rows), TUNING.replace(ann_probes=7), queries)
+    assert isinstance(index, ClusterIndex) and index.width.probes == 7 and index.width.recall_at_10 is None
 
 
-def test_a_beam_width_set_by_hand_is_not_tuned() -> None:
-    rows, queries = random_catalog()
-    index = build_index(Growable(rows), TUNING.replace(hnsw_ef_search=30), queries)
-    assert isinstance(index, AnnIndex) and index.width.ef == 30 and index.width.recall_at_10 is None
-
-
-def test_the_ann_index_finds_items_added_after_the_build() -> None:
+def test_the_cluster_index_finds_items_added_after_the_build() -> None:
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(200, 4)).astype(np.float32)
-    index = AnnIndex(rows, ServeSettings(index_threads=1))
+    index = ClusterIndex(rows, ServeSettings(ann_probes=1))
     longest = float(np.linalg.norm(rows, axis=1).max())
-    index.add(np.array([[longest, 0, 0, 0]], dtype=np.float32), 200)  # the largest inner product with e1
-    assert index.search(np.array([1.0, 0, 0, 0], dtype=np.float32), 1, 201).tolist() == [200]
+    added = np.array([[longest * 2, 0, 0, 0], [0, longest * 2, 0, 0]], dtype=np.float32)
+    index.add(added, 200)  # the largest inner products with e1 and e2: found even probing one cluster
+    assert len(index) == 202
+    assert index.search(np.array([1.0, 0, 0, 0], dtype=np.float32), 1, 202).tolist() == [200]
+    assert index.search(np.array([0, 1.0, 0, 0], dtype=np.float32), 1, 202).tolist() == [201]
+    assert 201 not in index.search(np.array([0, 1.0, 0, 0], dtype=np.float32), 5, 201)  # not yet published
+
+
+def test_searches_running_while_items_are_added_always_see_whole_clusters() -> None:
+    rows, queries = random_catalog(2)
+    index = ClusterIndex(rows, ServeSettings(ann_clusters=16, ann_probes=16))
+    extra = np.random.default_rng(5).normal(size=(400, 9)).astype(np.float32)
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def search() -> None:
+        try:
+            while not done.is_set():
+                for query in queries:
+                    found = index.search(query, 10, RECALL_ITEMS + len(extra))
+                    assert len(found) == 10 and len(set(found.tolist())) == 10
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    reader = threading.Thread(target=search)
+    reader.start()
+    for n in range(len(extra)):
+        index.add(extra[n:n + 1], RECALL_ITEMS + n)
+    done.set()
+    reader.join()
+    assert not failures
+    keys = np.concatenate([key for _, key in index._lists])
+    assert sorted(keys.tolist()) == list(range(RECALL_ITEMS + len(extra)))
 
 
 def test_the_item_space_gives_back_the_vectors_it_was_built_and_grown_with() -> None:
@@ -299,12 +306,14 @@ def test_growable_readers_keep_their_view_while_it_grows() -> None:
 def test_settings_name_the_flag_out_of_range() -> None:
     with pytest.raises(SettingsError, match="--max-k"):
         ServeSettings(max_k=0)
-    with pytest.raises(SettingsError, match="--hnsw-ef-search"):
-        ServeSettings(candidates=200, hnsw_ef_search=100)
-    with pytest.raises(SettingsError, match="--hnsw-recall-target"):
-        ServeSettings(hnsw_recall_target=1.5)
-    with pytest.raises(SettingsError, match="--hnsw-order-clusters"):
-        ServeSettings(hnsw_order_clusters=-1)
+    with pytest.raises(SettingsError, match="--candidates"):
+        ServeSettings(max_k=50, candidates=20)
+    with pytest.raises(SettingsError, match="--ann-recall-target"):
+        ServeSettings(ann_recall_target=1.5)
+    with pytest.raises(SettingsError, match="--ann-probes"):
+        ServeSettings(ann_probes=-1)
+    with pytest.raises(SettingsError, match="--ann-clusters"):
+        ServeSettings(ann_clusters=-1)
 
 
 def test_serve_on_a_directory_that_is_no_run_says_which_file(tmp_path: Path,
@@ -317,36 +326,6 @@ def test_serve_rejects_a_bad_setting_with_exit_code_2(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--run-dir", str(tmp_path), "--store", "0", "--max-k", "0"]) == 2
     assert "--max-k" in capsys.readouterr().err
-
-
-def test_a_waiting_addition_holds_back_new_searches() -> None:
-    lock = SharedExclusiveLock()
-    order: list[str] = []
-    reading = threading.Event()
-
-    def writer() -> None:
-        with lock.exclusive():
-            order.append("add")
-
-    with lock.shared():
-        thread = threading.Thread(target=writer)
-        thread.start()
-        while not lock._writer:  # the writer is now waiting for this search to finish
-            time.sleep(0.001)
-
-        def late_reader() -> None:
-            reading.set()
-            with lock.shared():
-                order.append("search")
-
-        late = threading.Thread(target=late_reader)
-        late.start()
-        reading.wait()
-        time.sleep(0.02)
-        assert order == []  # neither may run while the first search holds the lock
-    thread.join()
-    late.join()
-    assert order == ["add", "search"]
 
 
 class _StopRound(Exception):

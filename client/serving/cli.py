@@ -20,14 +20,11 @@ HELP = {
     "host": "interface to bind", "port": "TCP port; 0 picks a free one (printed)",
     "max_k": "largest k a request may ask for", "candidates": "candidates retrieved before NeuMF re-ranking",
     "score_all_below": "catalogs up to this size are scored whole by NeuMF (no retrieval)",
-    "ann_min_items": "catalog size from which retrieval uses the HNSW index",
-    "hnsw_m": "HNSW graph degree (doubled, up to 4x, while a tuned index misses --hnsw-recall-target)",
-    "hnsw_ef_construction": "HNSW build beam width",
-    "hnsw_ef_search": "HNSW query beam width (recall vs latency); 0 = tuned to --hnsw-recall-target",
-    "hnsw_recall_target": "recall@10 against exact search that the tuned beam width must reach",
-    "hnsw_tuning_queries": "store shoppers whose queries tune the beam width",
-    "hnsw_order_clusters": "k-means clusters that group items in the HNSW index's memory (0 = catalog order)",
-    "index_threads": "threads building the index",
+    "ann_min_items": "catalog size from which retrieval uses the cluster index",
+    "ann_clusters": "k-means clusters of the index (0 = 4 x the square root of the catalog size)",
+    "ann_probes": "clusters scored per search (recall vs latency); 0 = tuned to --ann-recall-target",
+    "ann_recall_target": "recall@10 against exact search that the tuned probe count must reach",
+    "ann_tuning_queries": "store shoppers whose queries tune the probe count",
     "reload_interval_s": "seconds between checks for a newly published model",
     "max_text_chars": "longer item / query text is truncated",
     "refresh_steps": "Adam steps of the online refit after a click (0 = no refit)",
@@ -35,7 +32,7 @@ HELP = {
     "explain_items": "past items named per recommendation (explain)",
     "mapping_ridge": "ridge of the text -> item map fitted when the run has no cold_start.npz",
     "workers": "threads for the slow requests (text encoding, click log and refit)",
-    "seed": "seed of the online refit's negatives, the index's insertion order and its tuning sample",
+    "seed": "seed of the online refit's negatives, the index's k-means clustering and its tuning sample",
 }
 
 

@@ -110,9 +110,9 @@ class ServingInfo:
     last_reload_error: str
     loaded_at: float
     mapping_source: str
-    hnsw_ef_search: int = 0                 # 0: exact retrieval
-    hnsw_recall_at_10: float | None = None  # what the tuned beam width reached on the store's shoppers
-    hnsw_m: int = 0                         # the graph degree the index was built with
+    ann_probes: int = 0                    # clusters scored per search; 0: exact retrieval
+    ann_recall_at_10: float | None = None  # what the tuned probe count reached on the store's shoppers
+    ann_clusters: int = 0                  # clusters the index was built with; 0: exact retrieval
 
 
 @dataclass
@@ -169,8 +169,8 @@ class Recommender:
         return Snapshot(model, space, index)
 
     def _tuning_queries(self, model: ServingModel) -> np.ndarray:
-        """Queries of a seeded sample of the store's shoppers: HNSW's beam width is tuned on them."""
-        count = min(self.settings.hnsw_tuning_queries, len(model.users))
+        """Queries of a seeded sample of the store's shoppers: the index's probe count is tuned on them."""
+        count = min(self.settings.ann_tuning_queries, len(model.users))
         rows = np.random.default_rng(self.settings.seed).choice(len(model.users), count, replace=False)
         return retrieval_queries(model.users.gmf[np.sort(rows)], model.gmf_output_weight)
 
@@ -369,8 +369,8 @@ class Recommender:
         width = snap.index.width
         return ServingInfo(snap.model.version, len(snap.space), len(snap.model.user_row),
                            self.status.last_reload_error, snap.model.loaded_at, snap.model.mapping_source,
-                           width.ef if width else 0, width.recall_at_10 if width else None,
-                           width.degree if width else 0)
+                           width.probes if width else 0, width.recall_at_10 if width else None,
+                           width.clusters if width else 0)
 
 
 class ServingModelLoader(Protocol):

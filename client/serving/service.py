@@ -108,7 +108,8 @@ class RecommenderService(recommend_pb2_grpc.RecommenderServicer):
         return recommend_pb2.ModelInfoReply(
             model_version=info.model_version, run_dir=self.run_dir, catalog_size=info.catalog_size,
             known_users=info.known_users, last_reload_error=info.last_reload_error, loaded_at=info.loaded_at,
-            hnsw_ef_search=info.hnsw_ef_search, hnsw_recall_at_10=info.hnsw_recall_at_10, hnsw_m=info.hnsw_m)
+            ann_probes=info.ann_probes, ann_recall_at_10=info.ann_recall_at_10,
+            ann_clusters=info.ann_clusters)
 
 
 @dataclass

@@ -113,23 +113,23 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoReply(_message.Message):
-    __slots__ = ("model_version", "run_dir", "catalog_size", "known_users", "last_reload_error", "loaded_at", "hnsw_ef_search", "hnsw_recall_at_10", "hnsw_m")
+    __slots__ = ("model_version", "run_dir", "catalog_size", "known_users", "last_reload_error", "loaded_at", "ann_recall_at_10", "ann_probes", "ann_clusters")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_DIR_FIELD_NUMBER: _ClassVar[int]
     CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
     KNOWN_USERS_FIELD_NUMBER: _ClassVar[int]
     LAST_RELOAD_ERROR_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
-    HNSW_EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
-    HNSW_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
-    HNSW_M_FIELD_NUMBER: _ClassVar[int]
+    ANN_RECALL_AT_10_FIELD_NUMBER: _ClassVar[int]
+    ANN_PROBES_FIELD_NUMBER: _ClassVar[int]
+    ANN_CLUSTERS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     run_dir: str
     catalog_size: int
     known_users: int
     last_reload_error: str
     loaded_at: float
-    hnsw_ef_search: int
-    hnsw_recall_at_10: float
-    hnsw_m: int
-    def __init__(self, model_version: _Optional[str] = ..., run_dir: _Optional[str] = ..., catalog_size: _Optional[int] = ..., known_users: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., loaded_at: _Optional[float] = ..., hnsw_ef_search: _Optional[int] = ..., hnsw_recall_at_10: _Optional[float] = ..., hnsw_m: _Optional[int] = ...) -> None: ...
+    ann_recall_at_10: float
+    ann_probes: int
+    ann_clusters: int
+    def __init__(self, model_version: _Optional[str] = ..., run_dir: _Optional[str] = ..., catalog_size: _Optional[int] = ..., known_users: _Optional[int] = ..., last_reload_error: _Optional[str] = ..., loaded_at: _Optional[float] = ..., ann_recall_at_10: _Optional[float] = ..., ann_probes: _Optional[int] = ..., ann_clusters: _Optional[int] = ...) -> None: ...

@@ -2,8 +2,8 @@
 
 Each call encodes the text with the packaged all-MiniLM-L6-v2 (one torch thread), places it with the run's
 text -> item-vector map, appends it durably (fsync) to the store's added-items log, and adds it to the catalog
-and the HNSW index of a synthetic catalog (serving_synthetic.py). The encoder alone is timed on the same texts
-in the same process, so the share of everything else is visible. Ends with one JSON line.
+and the cluster index of a synthetic catalog (serving_synthetic.py). The encoder alone is timed on the same
+texts in the same process, so the share of everything else is visible. Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.new_item_latency [--items 100000] [--adds 300]
 """

@@ -11,8 +11,7 @@ headline numbers are the medians, with every pass listed and how many met the p9
 move a single pass's p99 by ±40 % from one minute to the next. Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000 | --run-dir DIR --store S] \
-        [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply] [--ef-search 0] [--passes 1]
-        [--order-clusters N]
+        [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply] [--probes 0] [--passes 1]
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ def build_recommender(catalog: Catalog, settings: ServeSettings) -> Recommender:
 
 
 def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool = False,
-                  ef_search: int = 0, order_clusters: int | None = None) -> None:
+                  probes: int = 0) -> None:
     """Child process: build the recommender, time it in-process, serve until told to stop. With
     ``stored_reply`` every request gets one reply computed at start-up: what gRPC alone costs (the floor)."""
     from client.serving.service import start_server
@@ -69,9 +68,7 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
     from shared.threads import limit_math_threads
 
     limit_math_threads()
-    settings = ServeSettings(port=0, hnsw_ef_search=ef_search)
-    if order_clusters is not None:
-        settings = settings.replace(hnsw_order_clusters=order_clusters)
+    settings = ServeSettings(port=0, ann_probes=probes)
     recommender = build_recommender(catalog, settings)
     users = sorted(recommender.snapshot.model.user_row)
     rng = np.random.default_rng(1)
@@ -85,9 +82,9 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
         reply = recommender.recommend(users[0], K)
         recommender.recommend = lambda *args, **kwargs: reply  # type: ignore[method-assign]
     server = start_server(recommender, settings)
-    width = recommender.snapshot.index.width  # HNSW only; exact retrieval has no beam
+    width = recommender.snapshot.index.width  # the cluster index only; exact retrieval probes everything
     connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
-                     "hnsw_m": width.degree if width else None, "ef_search": width.ef if width else None,
+                     "clusters": width.clusters if width else None, "probes": width.probes if width else None,
                      "in_process_p50_ms": float(np.percentile(timings, 50)),
                      "in_process_p99_ms": float(np.percentile(timings, 99))})
     cpu_started = 0.0
@@ -191,10 +188,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rate", type=float, help="open loop instead: Poisson arrivals, requests/s")
     parser.add_argument("--stored-reply", action="store_true",
                         help="the server answers every request with one stored reply: gRPC's own cost")
-    parser.add_argument("--ef-search", type=int, default=0,
-                        help="the server's --hnsw-ef-search (0, the default: tuned at start-up)")
-    parser.add_argument("--order-clusters", type=int,
-                        help="the server's --hnsw-order-clusters (default: the service's; 0 = catalog order)")
+    parser.add_argument("--probes", type=int, default=0,
+                        help="the server's --ann-probes (0, the default: tuned at start-up)")
     parser.add_argument("--passes", type=int, default=1,
                         help="run the load N times against the one server; report each and the medians")
     args = parser.parse_args(argv)
@@ -204,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parent, child = context.Pipe()
     catalog = Catalog(args.items, args.run_dir, args.store)
     server = context.Process(target=serve_catalog, daemon=True,
-                             args=(catalog, child, args.stored_reply, args.ef_search, args.order_clusters))
+                             args=(catalog, child, args.stored_reply, args.probes))
     server.start()
     ready = parent.recv()
     passes = []
@@ -222,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     under_goal = sum(p["p99_ms"] < P99_GOAL_MS for p in passes)
     result = {"benchmark": "serve_grpc_load", "items": ready["items"],
               "catalog": "synthetic" if args.run_dir is None else f"{args.run_dir} store {args.store}",
-              "shoppers": len(ready["users"]), "hnsw_m": ready["hnsw_m"], "ef_search": ready["ef_search"],
+              "shoppers": len(ready["users"]), "clusters": ready["clusters"], "probes": ready["probes"],
               "requests": args.requests,
               "load": f"open loop, {args.rate:g} requests/s" if args.rate else
               f"closed loop, concurrency {args.concurrency}", "stored_reply": args.stored_reply,

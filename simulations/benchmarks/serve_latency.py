@@ -1,13 +1,12 @@
-"""Top-10 ``Recommend`` latency in-process at 10k, 100k and 1M items: two-stage (HNSW retrieval + NeuMF
-re-ranking) against exact NumPy retrieval + the same re-ranking, in this process, back to back.
+"""Top-10 ``Recommend`` latency in-process at 10k, 100k and 1M items: two-stage (cluster-index retrieval +
+NeuMF re-ranking) against exact NumPy retrieval + the same re-ranking, in this process, back to back.
 
-Reports p50/p99 per size for both, the ratio exact/served, and HNSW recall@10 against exact retrieval (stage
-one, same query) and the top-10 overlap of the two final lists. Synthetic clustered vectors, 32-d GMF
+Reports p50/p99 per size for both, the ratio exact/served, and the index's recall@10 against exact retrieval
+(stage one, same query) and the top-10 overlap of the two final lists. Synthetic clustered vectors, 32-d GMF
 (serving_synthetic.py); one math thread (client/serving/threads.py). Ends with one JSON line.
 
     .venv/bin/python -m simulations.benchmarks.serve_latency [--sizes 10000 100000 1000000] [--queries 2000]
-        [--hnsw-m 16] [--ef-construction 100] [--ef-search 0 (tuned)] [--ef-sweep 200 400 800]
-        [--order-clusters 512 | 0]
+        [--clusters 0 (4·√items)] [--probes 0 (tuned)] [--probe-sweep 8 16 32]
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from client.serving.engine import Recommender
-from client.serving.retrieval import AnnIndex, exact_top, retrieval_queries
+from client.serving.retrieval import ClusterIndex, exact_top, retrieval_queries
 from client.serving.retrieval import recall_at_k as retrieval_recall
 from client.serving.settings import ServeSettings
 from shared.threads import limit_math_threads
@@ -65,23 +64,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--recall-queries", type=int, default=300)
-    parser.add_argument("--ef-search", type=int, default=ServeSettings().hnsw_ef_search)
-    parser.add_argument("--hnsw-m", type=int, default=ServeSettings().hnsw_m)
-    parser.add_argument("--ef-construction", type=int, default=ServeSettings().hnsw_ef_construction)
-    parser.add_argument("--order-clusters", type=int, default=ServeSettings().hnsw_order_clusters,
-                        help="k-means clusters grouping the index's items in memory (0 = catalog order)")
-    parser.add_argument("--ef-sweep", type=int, nargs="*", default=[],
-                        help="also measure these ef-search values on the same index (recall, p50/p99)")
+    parser.add_argument("--clusters", type=int, default=ServeSettings().ann_clusters,
+                        help="the index's k-means clusters (0 = 4 x the square root of the catalog size)")
+    parser.add_argument("--probes", type=int, default=ServeSettings().ann_probes,
+                        help="clusters scored per search (0 = tuned to the recall target)")
+    parser.add_argument("--probe-sweep", type=int, nargs="*", default=[],
+                        help="also measure these probe counts on the same index (recall, p50/p99)")
     args = parser.parse_args(argv)
     limit_math_threads()
     rng = np.random.default_rng(0)
-    settings = ServeSettings(hnsw_ef_search=args.ef_search, hnsw_m=args.hnsw_m,
-                             hnsw_ef_construction=args.ef_construction,
-                             hnsw_order_clusters=args.order_clusters)
+    settings = ServeSettings(ann_clusters=args.clusters, ann_probes=args.probes)
     result: dict[str, Any] = {"benchmark": "serve_latency", "k": K, "settings": {
-        "candidates": settings.candidates, "ann_min_items": settings.ann_min_items, "hnsw_m": settings.hnsw_m,
-        "hnsw_ef_construction": settings.hnsw_ef_construction, "hnsw_ef_search": settings.hnsw_ef_search,
-        "hnsw_order_clusters": settings.hnsw_order_clusters}}
+        "candidates": settings.candidates, "ann_min_items": settings.ann_min_items,
+        "ann_clusters": settings.ann_clusters, "ann_probes": settings.ann_probes,
+        "ann_recall_target": settings.ann_recall_target}}
     for size in args.sizes:
         model, text = synthetic_model(size)
         started = time.perf_counter()
@@ -96,20 +92,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "exact_over_served_p50": round(float(np.median(exact_ms) / np.median(served_ms)), 2),
                  "retrieval_recall_at_10": round(recall, 4), "final_overlap_at_10": round(overlap, 4)}
         index = served.snapshot.index
-        if isinstance(index, AnnIndex):
-            entry["hnsw_m"] = index.width.degree
-            entry["ef_search"] = index.width.ef
+        if isinstance(index, ClusterIndex):
+            entry["clusters"] = index.width.clusters
+            entry["probes"] = index.width.probes
             tuned = index.width.recall_at_10
-            entry["ef_search_tuned_recall_at_10"] = None if tuned is None else round(tuned, 4)
-            entry["ef_search_tuning_s"] = round(index.width.tuning_s, 2)
+            entry["probes_tuned_recall_at_10"] = None if tuned is None else round(tuned, 4)
+            entry["probes_tuning_s"] = round(index.width.tuning_s, 2)
             sweep = {}
-            for ef in args.ef_sweep:
-                index.set_search_width(ef)
-                recall_ef, overlap_ef = recall_at_k(served, exact, users[:args.recall_queries])
-                sweep[str(ef)] = {**summary(latencies_ms(served, users)), "retrieval_recall_at_10":
-                                  round(recall_ef, 4), "final_overlap_at_10": round(overlap_ef, 4)}
+            for probes in args.probe_sweep:
+                index.set_probes(probes)
+                recall_p, overlap_p = recall_at_k(served, exact, users[:args.recall_queries])
+                sweep[str(probes)] = {**summary(latencies_ms(served, users)), "retrieval_recall_at_10":
+                                      round(recall_p, 4), "final_overlap_at_10": round(overlap_p, 4)}
             if sweep:
-                entry["ef_sweep"] = sweep
+                entry["probe_sweep"] = sweep
         result[str(size)] = entry
         print(f"{size:>9} items: {json.dumps(entry)}", flush=True)
         del served, exact, model, text
