@@ -230,6 +230,18 @@ def test_a_search_probes_on_until_its_pool_holds_the_candidates_asked_for() -> N
     assert len(index.search(queries[0], 10, RECALL_ITEMS)) == 10
 
 
+def test_tuning_that_ties_keep_below_the_target_probes_everything_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rows = np.random.default_rng(4).normal(size=(RECALL_ITEMS, 3)).astype(np.float32)
+    rows[:, 0] = 1.0
+    queries = np.tile(np.array([[1.0, 0.0, 0.0]], dtype=np.float32), (RECALL_QUERIES, 1))  # every score ties
+    with caplog.at_level(logging.WARNING):
+        index = build_index(Growable(rows), TUNING, queries)
+    assert isinstance(index, ClusterIndex) and index.width.short_of_target
+    assert index.width.probes == index.width.clusters
+    assert "below --ann-recall-target" in caplog.text
+
+
 def test_a_probe_count_set_by_hand_is_not_tuned() -> None:
     rows, queries = random_catalog()
     index = build_index(Growable(rows), TUNING.replace(ann_probes=7), queries)

@@ -261,6 +261,9 @@ def build_index(rows: Growable, settings: ServeSettings, queries: np.ndarray) ->
              "%.3f against exact search on %d shoppers (target %.3f, tuned in %.1f s)", len(index),
              width.clusters, built_s, width.probes, width.recall_at_10, len(queries), width.target,
              index.width.tuning_s)
+    if width.short_of_target:  # only ties at the k-th score can keep even exact search below it
+        log.warning("cluster index recall@10 %.3f is below --ann-recall-target %.3f even probing every "
+                    "cluster (ties in the shoppers' exact top-10)", width.recall_at_10, width.target)
     return index
 
 
