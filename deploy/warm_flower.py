@@ -36,6 +36,9 @@ flags, APIs, tokens, TLS, node authentication) except for:
    inherited. With partner data, evaluation candidates, catalog features (``client.app.warm``) and the RDP
    curve (on disk, ``shared/ledger.py``) no longer rebuilt per message, the three partners' forked tasks
    used 2.6 CPU-s a round instead of 3.05 (ML-100K, session 14).
+5. **Partners admitted at every SuperLink start.** With ``FEDREC_PARTNER_KEYS`` naming a directory of the
+   partners' public keys, the SuperLink registers them itself when its state is created
+   (``partner_registry.py``): an in-memory SuperLink that restarts admits its partners again.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-import long_poll  # deploy/, beside this script
+import long_poll  # deploy/, beside these scripts
+import partner_registry
 
 POLL_ENV = "FEDREC_POLL_SECONDS"
 # With the SuperLink and SuperNode holding empty pulls (long_poll.py), short caps no longer mean many
@@ -282,6 +286,7 @@ def run_supernode(argv: list[str]) -> None:
 
 def run_superlink(argv: list[str]) -> None:
     long_poll.install(long_poll.SUPERLINK)
+    partner_registry.install()
     from flwr.superlink.cli import flower_superlink
 
     sys.argv = ["flower-superlink", *argv]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,7 +34,9 @@ READY_TIMEOUT_S = 60.0
 STOP_GRACE_S = 15.0
 WATCH_INTERVAL_S = 0.5  # how often a run checks that the processes it needs are still there
 LOG_TAIL_CHARS = 3000
-REGISTERED = re.compile(r"SuperNode (\d+) registered")
+# docker-compose.yml ``superlink`` environment: the admitted partners' public keys, registered by the
+# SuperLink itself at every start (deploy/partner_registry.py ``KEYS_ENV``): no ``flwr supernode register``.
+PARTNER_KEYS_ENV = "FEDREC_PARTNER_KEYS"
 # docker-compose.yml ``serverapp`` environment: the ServerApp preloaded (this checkout is the app ``flwr run``
 # ships), and Flower's own 1 s SuperExec poll: this SuperExec only waits for new runs, and each of its polls
 # is an HTTPS request the SuperLink pays ~15 ms of CPU for (docs/results.md, "Deployment round").
@@ -67,7 +69,8 @@ def wait_for_port(port: int, timeout: float = READY_TIMEOUT_S) -> None:
 def superlink_command(secrets: Path, port: int, database: Path | None) -> list[str]:
     """docker-compose.yml ``superlink``: Flower's SuperLink, holding empty pulls (deploy/long_poll.py); paths
     differ (/run/secrets there). ``database`` None keeps Flower's in-memory state, as the compose file does
-    (faster; node registrations do not survive a SuperLink restart); a path keeps it in SQLite there."""
+    (faster; runs and registrations do not survive a restart, but the SuperLink registers its partners' keys
+    again at start, ``PARTNER_KEYS_ENV``); a path keeps it in SQLite there."""
     state = [] if database is None else ["--database", str(database)]
     return [sys.executable, str(WARM_FLOWER), "superlink",
             "--ssl-ca-certfile", str(secrets / keys.CA_CERT_FILE),
@@ -116,6 +119,10 @@ class Deployment:
         for directory in (self.logs, self.home):
             directory.mkdir(parents=True, exist_ok=True)
         keys.create_federation(self.secrets, self.partners, ("localhost", "127.0.0.1"))
+        self.partner_keys = self.root / "partner-keys"  # the central team's list of admitted partners
+        self.partner_keys.mkdir(exist_ok=True)
+        for name in self.partners:
+            shutil.copy(keys.node_key_paths(self.secrets, name).public_key, self.partner_keys / f"{name}.pub")
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{FEDERATION}"\n[superlink.{FEDERATION}]\n'
             f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.secrets / keys.CA_CERT_FILE}"\n')
@@ -159,8 +166,10 @@ class Deployment:
 
     # -- the central team's side ---------------------------------------------------------------------------
     def start_superlink(self) -> None:
+        """As in docker-compose.yml: it registers the partners of ``partner_keys`` itself when it starts."""
         database = self.root / "superlink.db" if self.durable_state else None
-        self.start("superlink", superlink_command(self.secrets, self.port, database))
+        self.start("superlink", superlink_command(self.secrets, self.port, database),
+                   {PARTNER_KEYS_ENV: str(self.partner_keys)})
         wait_for_port(self.port)
 
     def start_serverapp_side(self) -> None:
@@ -180,15 +189,6 @@ class Deployment:
     def run_command(self, overrides: str) -> list[str]:
         """``flwr run`` of the main job (this repository's app), streamed until it ends."""
         return self.flwr_command("run", str(REPO), FEDERATION, "--run-config", overrides, "--stream")
-
-    def register(self, name: str) -> int:
-        """``flwr supernode register nodes/<name>.pub``: the central team admits a partner's key."""
-        done = self.flwr("supernode", "register", str(keys.node_key_paths(self.secrets, name).public_key),
-                         FEDERATION)
-        match = REGISTERED.search(done.stdout + done.stderr)
-        if done.returncode != 0 or not match:
-            raise RuntimeError(f"register {name} failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
-        return int(match.group(1))
 
     def run(self, overrides: str, timeout: float, watch: bool = False) -> subprocess.CompletedProcess:
         """``flwr run .`` of the main job, streamed until it ends.

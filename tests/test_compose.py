@@ -264,3 +264,30 @@ def test_fedrec_keys_parser_is_registered() -> None:
     args = build_parser().parse_args(["keys", "node", "--name", "partner-4"])
     assert isinstance(args, argparse.Namespace)
     assert args.name == "partner-4"
+
+
+def test_the_superlink_is_given_every_partners_public_key_to_register() -> None:
+    """An in-memory SuperLink forgets registrations when it restarts: it registers the *.pub secrets it
+    mounts at every start (deploy/partner_registry.py), which must be the keys the partners sign with."""
+    sys.path.insert(0, str(REPO / "deploy"))
+    import partner_registry
+
+    superlink = services()["superlink"]
+    assert partner_registry.KEYS_ENV == loopback.PARTNER_KEYS_ENV
+    assert superlink["environment"][partner_registry.KEYS_ENV] == SECRETS_MOUNT.rstrip("/")
+    signing = {t[len(SECRETS_MOUNT):] for name, s in services().items() if name.startswith("partner-")
+               for t in s["command"] if t.startswith(SECRETS_MOUNT) and t.endswith(".key")}
+    assert len(signing) == 3
+    admitted = {name for name in superlink["secrets"] if name.endswith(partner_registry.KEY_SUFFIX)}
+    assert admitted == {key.removesuffix(".key") + partner_registry.KEY_SUFFIX for key in signing}
+    for name in admitted:  # each .pub is the public half of the partner's private key file
+        private = compose()["secrets"][name.removesuffix(partner_registry.KEY_SUFFIX) + ".key"]["file"]
+        assert compose()["secrets"][name]["file"] == private + partner_registry.KEY_SUFFIX
+
+
+def test_partners_come_back_whatever_their_exit_status() -> None:
+    """After a SuperLink restart a partner's SuperNode is refused at its next heartbeat and flwr 1.41 exits
+    with status 0 (tests/test_deploy_e2e.py): ``on-failure`` would leave every partner down."""
+    for name, service in services().items():
+        if name.startswith("partner-"):
+            assert service["restart"] == "unless-stopped", name

@@ -96,7 +96,6 @@ def federation(tmp_path_factory: pytest.TempPathFactory,
         deployment.start_superlink()
         deployment.start_serverapp_side()
         for store, name in enumerate(PARTNERS):
-            deployment.register(name)
             deployment.start_partner(name, data[1][store], store)
         wait_online(deployment, len(PARTNERS))
         yield deployment
@@ -237,3 +236,26 @@ def test_federation_carries_on_without_a_partner_that_is_down(
         assert (summary["status"], summary["clients"]) == ("completed", 2)
     finally:
         restart_partner(federation, data, "partner-3")
+
+
+def test_a_restarted_superlink_admits_its_partners_again_by_itself(
+        federation: Deployment, data: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """The SuperLink keeps its state in memory (as docker-compose.yml ships it), so a restart forgets every
+    node. It registers the admitted partners' keys again itself (deploy/partner_registry.py); each partner's
+    SuperNode, whose next heartbeat is then refused, exits, and comes back as its container's ``restart:
+    unless-stopped`` brings it back (exit status 0 in flwr 1.41: ``on-failure`` would leave it down). Nobody
+    runs ``flwr supernode register``. Last in the module: it restarts every process."""
+    federation.kill("superlink", signal.SIGTERM)
+    federation.start_superlink()
+    for store, name in enumerate(PARTNERS):
+        assert wait_exit(federation.processes[name]) == 0  # refused by the restarted SuperLink
+        federation.kill(name)
+        federation.start_partner(name, data[1][store], store)  # what `restart: unless-stopped` does
+    if federation.processes["serverapp"].poll() is not None:
+        federation.kill("serverapp")
+        federation.start_serverapp_side()
+    wait_online(federation, len(PARTNERS))
+    log = federation.log("superlink").splitlines()
+    assert sum("registered partner key" in line for line in log) == 2 * len(PARTNERS)  # each start
+    summary = run(federation, data[0], tmp_path / "run-after-superlink-restart", rounds=1)
+    assert (summary["status"], summary["clients"]) == ("completed", len(PARTNERS))

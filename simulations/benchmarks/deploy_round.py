@@ -85,7 +85,6 @@ def run_deployment(root: Path, dataset: Path, values: dict[str, Any],
         deployment.start_superlink()
         deployment.start_serverapp_side()
         for store, (name, data_dir) in enumerate(zip(PARTNERS, partitions, strict=True)):
-            deployment.register(name)
             deployment.start_partner(name, data_dir, store)
         overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in {**values, "run-dir": str(run_dir)}.items())
         done = deployment.run(overrides, timeout=RUN_TIMEOUT_S, watch=True)
