@@ -99,6 +99,7 @@ class Snapshot:
     model: ServingModel
     space: ItemSpace
     index: CandidateIndex
+    queries: np.ndarray  # each of the model's shoppers' retrieval query, by user row (once per model)
     refreshed: dict[str, UserVectors] = field(default_factory=dict)  # online-refitted shoppers
 
 
@@ -131,12 +132,14 @@ class Recommender:
         self.embedder = embedder
         self.status = ServingStatus()
         self._history = history        # user id -> catalog rows they interacted with (data + logged clicks)
+        self._seen: dict[str, np.ndarray] = {}    # the same rows, unique and sorted (kept by _note_click)
         self._clicked: dict[str, list[int]] = {}  # user id -> logged clicks only
         self._write_lock = threading.RLock()
         self._clicks = JsonLinesLog(state_dir / INTERACTIONS_FILE) if state_dir else None
         self._added = JsonLinesLog(state_dir / ADDED_ITEMS_FILE) if state_dir else None
         if state_dir is not None:
             self._restore(state_dir)
+        self._seen = {user: _unique_rows(rows) for user, rows in self._history.items()}
         self._snapshot = self._build_snapshot(model)
         self._refit_clicked(self._snapshot)
 
@@ -156,6 +159,8 @@ class Recommender:
 
     def _note_click(self, user_id: str, row: int) -> None:
         self._history.setdefault(user_id, []).append(row)
+        # one reference assignment: a concurrent request reads the rows before or after the click
+        self._seen[user_id] = _unique_rows(self._history[user_id])
         self._clicked.setdefault(user_id, []).append(row)
         self.items.count_click(row)
 
@@ -165,14 +170,15 @@ class Recommender:
         if len(self.items) > base:  # added items: placed from their text by this model's mapping
             vectors = vectors.concat(model.mapping.place(self.items.text.view()[base:]))
         space = ItemSpace(vectors)
-        index = build_index(space.retrieval, self.settings, self._tuning_queries(model))
-        return Snapshot(model, space, index)
+        queries = retrieval_queries(model.users.gmf, model.gmf_output_weight)
+        index = build_index(space.retrieval, self.settings, self._tuning_sample(queries))
+        return Snapshot(model, space, index, queries)
 
-    def _tuning_queries(self, model: ServingModel) -> np.ndarray:
-        """Queries of a seeded sample of the store's shoppers: the index's probe count is tuned on them."""
-        count = min(self.settings.ann_tuning_queries, len(model.users))
-        rows = np.random.default_rng(self.settings.seed).choice(len(model.users), count, replace=False)
-        return retrieval_queries(model.users.gmf[np.sort(rows)], model.gmf_output_weight)
+    def _tuning_sample(self, queries: np.ndarray) -> np.ndarray:
+        """A seeded sample of the store's shoppers' queries: the index's probe count is tuned on them."""
+        count = min(self.settings.ann_tuning_queries, len(queries))
+        rows = np.random.default_rng(self.settings.seed).choice(len(queries), count, replace=False)
+        return queries[np.sort(rows)]
 
     def _refit_clicked(self, snapshot: Snapshot) -> None:
         for user_id in self._clicked:
@@ -184,7 +190,7 @@ class Recommender:
         row = model.user_row.get(user_id)
         start = model.users.take(np.array([row])) if row is not None else model.fallback_user()
         size = len(snapshot.space)
-        clicked = np.unique(np.asarray(self._history.get(user_id, []), dtype=np.int64))
+        clicked = self._seen.get(user_id, NO_ROWS)
         return fit_user_from_clicks(model.head, snapshot.space.vectors(size), clicked[clicked < size],
                                     steps=self.settings.refresh_steps,
                                     learning_rate=self.settings.refresh_learning_rate,
@@ -238,9 +244,12 @@ class Recommender:
         snap = self._snapshot
         size = len(snap.space)
         history = self._history.get(user_id, [])
-        seen = np.unique(np.asarray(history, dtype=np.int64)) if exclude_seen else np.zeros(0, np.int64)
+        # Sorted once per shopper (and per click), not per request: np.unique of a history was ~4 % of the
+        # event loop's work under the gRPC load (py-spy, session 15).
+        seen = self._seen.get(user_id, NO_ROWS) if exclude_seen else NO_ROWS
         user = snap.refreshed.get(user_id)
         row = snap.model.user_row.get(user_id)
+        query = None if user is not None or row is None else snap.queries[row]
         if user is None and row is not None:
             user = snap.model.users.take(np.array([row]))
         cold = row is None
@@ -250,7 +259,7 @@ class Recommender:
             rows, scores = self._popular(size, k, seen)
         else:
             reason = f"unknown user: vectors fitted from {len(history)} logged clicks" if cold else ""
-            rows, scores = self._personal(snap, user, size, k, seen, diversity)
+            rows, scores = self._personal(snap, user, query, size, k, seen, diversity)
         because = self._explain(snap, rows, history) if explain else [()] * len(rows)
         items = [Recommendation(self.items.ids[r], self.items.titles[r], float(s), b)
                  for r, s, b in zip(rows.tolist(), scores.tolist(), because, strict=True)]
@@ -263,13 +272,15 @@ class Recommender:
         rows = rows[np.isfinite(counts[rows])]
         return rows, counts[rows]
 
-    def _personal(self, snap: Snapshot, user: UserVectors, size: int, k: int, seen: np.ndarray,
-                  diversity: float) -> tuple[np.ndarray, np.ndarray]:
+    def _personal(self, snap: Snapshot, user: UserVectors, query: np.ndarray | None, size: int, k: int,
+                  seen: np.ndarray, diversity: float) -> tuple[np.ndarray, np.ndarray]:
+        """``query``: the shopper's retrieval query if the snapshot holds it (None: refitted, made here)."""
         pool = max(self.settings.candidates, k)
         if size <= self.settings.score_all_below:
             candidates = np.arange(size)
         else:
-            query = retrieval_query(user.gmf[0], snap.model.gmf_output_weight)
+            if query is None:
+                query = retrieval_query(user.gmf[0], snap.model.gmf_output_weight)
             # room for the seen items filtered out below, bounded so one long history cannot slow the index
             candidates = snap.index.search(query, pool + min(len(seen), pool), size)
         if len(seen):
@@ -372,6 +383,17 @@ class Recommender:
                            width.probes if width else 0, width.recall_at_10 if width else None,
                            width.clusters if width else 0)
 
+
+
+NO_ROWS = np.zeros(0, dtype=np.int64)
+NO_ROWS.flags.writeable = False
+
+
+def _unique_rows(rows: list[int]) -> np.ndarray:
+    """A shopper's catalog rows, unique and sorted, read-only: requests share the array."""
+    unique = np.unique(np.asarray(rows, dtype=np.int64))
+    unique.flags.writeable = False
+    return unique
 
 class ServingModelLoader(Protocol):
     def __call__(self) -> ServingModel: ...
