@@ -59,3 +59,19 @@ def test_passes_report_each_run_and_their_medians() -> None:
     assert result["p99_ms"] == pytest.approx(statistics.median(p["p99_ms"] for p in result["each_pass"]))
     assert result["passes_with_p99_under_goal"] == sum(p["p99_ms"] < 10 for p in result["each_pass"])
     assert all(p["errors"] == 0 for p in result["each_pass"])
+
+
+def test_client_nice_lowers_only_the_load_generators_priority(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--client-nice: the load generator (its own process here, so that this test's stays as it is) lowers
+    its priority after the server started, and says so; the server keeps the priority it started with."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "simulations.benchmarks.serve_grpc_load", *SMALL,
+                           "--concurrency", "4", "--client-nice", "5"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    check(result)
+    assert (result["server_niceness"], result["client_niceness"]) == (os.nice(0), os.nice(0) + 5)

@@ -12,6 +12,7 @@ move a single pass's p99 by ±40 % from one minute to the next. Ends with one JS
 
     .venv/bin/python -m simulations.benchmarks.serve_grpc_load [--items 100000 | --run-dir DIR --store S] \
         [--requests 5000] [--concurrency 8 | --rate 500] [--stored-reply] [--probes 0] [--passes 1]
+        [--client-nice 0]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,6 +87,7 @@ def serve_catalog(catalog: Catalog, connection: Connection, stored_reply: bool =
     width = recommender.snapshot.index.width  # the cluster index only; exact retrieval probes everything
     connection.send({"port": server.port, "users": users, "items": recommender.info().catalog_size,
                      "clusters": width.clusters if width else None, "probes": width.probes if width else None,
+                     "niceness": os.nice(0),
                      "in_process_p50_ms": float(np.percentile(timings, 50)),
                      "in_process_p99_ms": float(np.percentile(timings, 99))})
     cpu_started = 0.0
@@ -190,6 +193,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="the server answers every request with one stored reply: gRPC's own cost")
     parser.add_argument("--probes", type=int, default=0,
                         help="the server's --ann-probes (0, the default: tuned at start-up)")
+    parser.add_argument("--client-nice", type=int, default=0,
+                        help="once the server runs, lower this load generator's CPU priority by N (os.nice): "
+                             "on shared cores it then runs when the server does not, as if on another "
+                             "machine; its own delays still count in the latencies it measures")
     parser.add_argument("--passes", type=int, default=1,
                         help="run the load N times against the one server; report each and the medians")
     args = parser.parse_args(argv)
@@ -202,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              args=(catalog, child, args.stored_reply, args.probes))
     server.start()
     ready = parent.recv()
+    if args.client_nice:
+        os.nice(args.client_nice)  # after the spawn: the server keeps its priority
     passes = []
     try:
         for _ in range(args.passes):
@@ -221,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "requests": args.requests,
               "load": f"open loop, {args.rate:g} requests/s" if args.rate else
               f"closed loop, concurrency {args.concurrency}", "stored_reply": args.stored_reply,
+              "server_niceness": ready["niceness"], "client_niceness": os.nice(0),
               "errors": sum(p["errors"] for p in passes), **median,
               "passes": len(passes), "passes_with_p99_under_goal": under_goal, "p99_goal_ms": P99_GOAL_MS,
               "in_process_p50_ms": round(ready["in_process_p50_ms"], 3),
