@@ -67,20 +67,25 @@ def partner_workload(directory: str, config: RunConfig) -> tuple[Workload, np.nd
     memory instead of re-drawing and re-reading them: ~6 % of a forked task's CPU (profiled, session 14). A
     run with other settings (seed, item tower, encoder) builds its own in each task, as before.
     """
-    encoder = None if config.item_tower == "id" else config.text_encoder
-    return _partner_workload(directory, file_stamps(Path(directory)), config.eval_seed, encoder)
+    stamps = file_stamps(Path(directory))
+    workload = _workload(directory, stamps, config.eval_seed)
+    features = (None if config.item_tower == "id"
+                else _features(directory, stamps, config.eval_seed, config.text_encoder))
+    for shared_array in (workload.negatives, features):  # every task forked from this process reads them
+        if shared_array is not None:
+            shared_array.setflags(write=False)
+    return workload, features
 
 
 @functools.lru_cache(maxsize=4)
-def _partner_workload(directory: str, stamps: FileStamps, eval_seed: int,
-                      encoder: str | None) -> tuple[Workload, np.ndarray | None]:
+def _workload(directory: str, stamps: FileStamps, eval_seed: int) -> Workload:
     dataset, split = _dataset_and_split(directory, stamps)
-    negatives = sampled_negatives(split, eval_seed, NUM_EVAL_NEGATIVES)
-    features = None if encoder is None else _encoded_catalog(dataset, encoder)
-    for shared_array in (negatives, features):  # every task of this process reads the same arrays
-        if shared_array is not None:
-            shared_array.setflags(write=False)
-    return Workload(dataset, split, negatives), features
+    return Workload(dataset, split, sampled_negatives(split, eval_seed, NUM_EVAL_NEGATIVES))
+
+
+@functools.lru_cache(maxsize=4)
+def _features(directory: str, stamps: FileStamps, eval_seed: int, encoder: str) -> np.ndarray:
+    return _encoded_catalog(_workload(directory, stamps, eval_seed).dataset, encoder)
 
 
 def _encoded_catalog(dataset: Dataset, encoder: str) -> np.ndarray:
@@ -89,24 +94,14 @@ def _encoded_catalog(dataset: Dataset, encoder: str) -> np.ndarray:
     return encode_catalog([dataset.item_text(i) for i in range(dataset.n_items)], encoder)
 
 
-@functools.lru_cache(maxsize=4)
-def _load(directory: str, eval_seed: int) -> Workload:
-    dataset, split = dataset_and_split(directory)
-    return Workload(dataset, split, sampled_negatives(split, eval_seed, NUM_EVAL_NEGATIVES))
-
-
-@functools.lru_cache(maxsize=4)
-def _features(directory: str, eval_seed: int, encoder: str) -> np.ndarray:
-    return _encoded_catalog(_load(directory, eval_seed).dataset, encoder)
-
-
 def catalog_features(config: RunConfig, dataset: Dataset | None = None) -> np.ndarray | None:
     """Text embeddings of the catalog when the item tower uses them (public: every side may compute them)."""
     if config.item_tower == "id":
         return None
     if dataset is not None:
         return _encoded_catalog(dataset, config.text_encoder)
-    return _features(str(dataset_directory(config.dataset)), config.eval_seed, config.text_encoder)
+    directory = str(dataset_directory(config.dataset))
+    return _features(directory, file_stamps(Path(directory)), config.eval_seed, config.text_encoder)
 
 
 def model_shape(config: RunConfig, n_items: int, features: np.ndarray | None) -> ModelShape:
@@ -139,13 +134,17 @@ def initial_parameters(config: RunConfig, shape: ModelShape, features: np.ndarra
 
 
 def load_workload(config: RunConfig) -> Workload:
-    return _load(str(dataset_directory(config.dataset)), config.eval_seed)
+    return _workload_in(str(dataset_directory(config.dataset)), config.eval_seed)
+
+
+def _workload_in(directory: str, eval_seed: int) -> Workload:
+    return _workload(directory, file_stamps(Path(directory)), eval_seed)
 
 
 @functools.lru_cache(maxsize=8)
 def _stores(directory: str, eval_seed: int, scheme: str, num_stores: int, seed: int, alpha: float
             ) -> np.ndarray:
-    return partition_users(_load(directory, eval_seed).dataset, scheme, num_stores, seed, alpha)
+    return partition_users(_workload_in(directory, eval_seed).dataset, scheme, num_stores, seed, alpha)
 
 
 def store_of_users(config: RunConfig) -> np.ndarray:

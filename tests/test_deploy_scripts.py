@@ -164,7 +164,8 @@ def test_partner_data_is_built_once_and_rebuilt_when_the_files_change(
     monkeypatch.setenv(client_app.WARM_DATA_ENV, str(data_dir))
     assert partner.WARM_DATA_ENV == client_app.WARM_DATA_ENV  # the launcher sets what the app reads
     workload._dataset_and_split.cache_clear()
-    workload._partner_workload.cache_clear()
+    workload._workload.cache_clear()
+    workload._features.cache_clear()
     client_app.warm()                                                # the SuperExec, before forking
     config = from_mapping({})
     assert config.item_tower != "id"                                 # the default tower reads catalog text
