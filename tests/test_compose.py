@@ -286,8 +286,9 @@ def test_the_superlink_is_given_every_partners_public_key_to_register() -> None:
 
 
 def test_partners_come_back_whatever_their_exit_status() -> None:
-    """After a SuperLink restart a partner's SuperNode is refused at its next heartbeat and flwr 1.41 exits
-    with status 0 (tests/test_deploy_e2e.py): ``on-failure`` would leave every partner down."""
+    """After a SuperLink restart a partner's SuperNode is refused at its next request and exits; refused at a
+    heartbeat, flwr 1.41 exits with status 0 (tests/test_deploy_e2e.py), which ``on-failure`` would leave
+    down."""
     for name, service in services().items():
         if name.startswith("partner-"):
             assert service["restart"] == "unless-stopped", name
